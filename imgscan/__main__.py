@@ -1,0 +1,3 @@
+from imgscan.cli import main
+
+main()

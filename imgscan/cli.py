@@ -1,0 +1,138 @@
+"""Command line: parse, call the library, render. No analysis logic lives here."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from imgscan import __version__
+from imgscan.errors import ImgscanError
+from imgscan.layers.index import Limits
+from imgscan.layers.scan import MergedImage, scan_image
+from imgscan.sources.refs import DEFAULT_PLATFORM, open_image
+from imgscan.views import entry_data, entry_line, inspect_data, inspect_lines, list_entries
+
+
+def _image_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every command that reads an image shares."""
+    defaults = Limits()
+    f = click.option(
+        "--platform",
+        default=DEFAULT_PLATFORM,
+        show_default=True,
+        help="Image to pick from a multi-platform index (os/arch[/variant]).",
+    )(f)
+    f = click.option(
+        "--max-entries",
+        type=int,
+        default=defaults.max_entries,
+        show_default=True,
+        help="Refuse a layer with more entries than this.",
+    )(f)
+    f = click.option(
+        "--max-layer-bytes",
+        type=int,
+        default=defaults.max_layer_bytes,
+        show_default=True,
+        help="Refuse a layer whose uncompressed tar is larger.",
+    )(f)
+    f = click.option(
+        "--max-ratio",
+        type=int,
+        default=defaults.max_inflate_ratio,
+        show_default=True,
+        help="Refuse a layer inflating more than RATIO:1 (past 1 GiB).",
+    )(f)
+    return f
+
+
+def _limits(opts: dict[str, Any]) -> Limits:
+    return Limits(
+        max_entries=opts["max_entries"],
+        max_layer_bytes=opts["max_layer_bytes"],
+        max_inflate_ratio=opts["max_ratio"],
+    )
+
+
+def _warn(lines: list[str]) -> None:
+    for line in lines:
+        click.echo(f"imgscan: warning: {line}", err=True)
+
+
+def _emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="imgscan")
+def cli() -> None:
+    """Analyse container images: filesystem, linkage, packages, CUDA stack."""
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_image_options
+def inspect(ref: str, as_json: bool, **opts: Any) -> None:
+    """Show what REF resolves to: digest, platform, layers, config and history (layers are not read)."""
+    data = inspect_data(open_image(ref, opts["platform"]))
+    if as_json:
+        _emit_json(data)
+    else:
+        click.echo("\n".join(inspect_lines(data)))
+
+
+@cli.command(name="ls")
+@click.argument("ref")
+@click.argument("path", default="/")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("-R", "recursive", is_flag=True, help="List subdirectories recursively.")
+@_image_options
+def ls_command(ref: str, path: str, as_json: bool, recursive: bool, **opts: Any) -> None:
+    """List PATH in the merged image like `ls -l`, each entry with the layer it came from."""
+    merged: MergedImage = scan_image(open_image(ref, opts["platform"]), _limits(opts))
+    _warn(merged.warnings)
+    entries = list_entries(merged.fs, path, recursive)
+    if as_json:
+        _emit_json(
+            {
+                "reference": merged.image.reference,
+                "digest": merged.image.digest,
+                "entries": [entry_data(p, e) for p, e in entries],
+            }
+        )
+    else:
+        for p, e in entries:
+            click.echo(entry_line(p, e))
+
+
+def main() -> None:
+    """Entry point: user-caused failures become one line on stderr and exit code 2."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(2)
+    except click.Abort:
+        sys.exit(130)
+    except ImgscanError as e:
+        click.echo(f"imgscan: error: {e}", err=True)
+        sys.exit(2)
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
+    except Exception as e:  # a bug: still one line, with a way to see the traceback
+        if os.environ.get("IMGSCAN_DEBUG"):
+            raise
+        click.echo(
+            f"imgscan: internal error: {type(e).__name__}: {e} (IMGSCAN_DEBUG=1 shows the traceback)",
+            err=True,
+        )
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""Reading layers as streams into per-layer indexes, and merging them into one filesystem view."""

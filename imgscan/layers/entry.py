@@ -1,0 +1,42 @@
+"""One filesystem entry as recorded from a layer: metadata only, never file contents."""
+
+from __future__ import annotations
+
+import stat
+from dataclasses import dataclass
+
+FILE = "file"
+DIR = "dir"
+SYMLINK = "symlink"
+HARDLINK = "hardlink"
+CHAR = "char"
+BLOCK = "block"
+FIFO = "fifo"
+
+_TYPE_CHAR = {FILE: "-", DIR: "d", SYMLINK: "l", HARDLINK: "-", CHAR: "c", BLOCK: "b", FIFO: "p"}
+
+
+@dataclass(slots=True)
+class Entry:
+    """Metadata of one path. Slotted: an image can hold a million of these.
+
+    link_target: for a symlink the target as stored (resolved later, inside the image root); for a
+    hardlink the image path of the file it links to. A merged hardlink carries its target's mode and size.
+    layer: index of the layer the entry came from (0 = lowest).
+    """
+
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: int
+    layer: int
+    link_target: str | None = None
+    devmajor: int = 0
+    devminor: int = 0
+    children: dict[str, Entry] | None = None
+
+    def mode_string(self) -> str:
+        """Like the first column of `ls -l`."""
+        return _TYPE_CHAR[self.kind] + stat.filemode(self.mode)[1:]

@@ -1,0 +1,121 @@
+"""LayerIndex: what one layer adds, deletes and hides, built from a single pass over its entries.
+
+It depends only on the layer's bytes, so layers are indexed independently (in parallel processes) and
+merged afterwards in order. Every producer (tar stream, squashfs, host directory) feeds the same builder,
+so name checks, whiteout rules and limits live here once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from imgscan.errors import ImgscanError
+from imgscan.layers.entry import DIR, HARDLINK, Entry
+from imgscan.layers.names import clean_path, split_parent
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep a hostile image from exhausting memory or time; each has a CLI flag."""
+
+    max_entries: int = 2_000_000
+    max_layer_bytes: int = 256 << 30
+    max_inflate_ratio: int = 500
+    inflate_ratio_floor: int = 1 << 30
+
+
+@dataclass
+class LayerIndex:
+    """The per-layer result. entries keep tar order (last duplicate wins); whiteouts and opaque dirs
+    apply to lower layers only."""
+
+    layer: int
+    entries: dict[str, Entry] = field(default_factory=dict)
+    whiteouts: list[str] = field(default_factory=list)
+    opaque_dirs: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    diff_id: str | None = None
+    uncompressed_size: int | None = None
+
+
+class Warnings:
+    """Counts problems by kind and keeps the first example, so a million hostile entries give one line."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[int, str]] = {}
+
+    def add(self, kind: str, example: str) -> None:
+        count, first = self._seen.get(kind, (0, example))
+        self._seen[kind] = (count + 1, first)
+
+    def lines(self) -> list[str]:
+        return [
+            f"{kind}: {count} entr{'y' if count == 1 else 'ies'} (first: {example!r})"
+            for kind, (count, example) in self._seen.items()
+        ]
+
+
+class LayerIndexBuilder:
+    """Accepts raw entries from a producer and records them as clean paths.
+
+    whiteouts=False for sources that are a single squashed tree (SIF, host directory), where a file named
+    '.wh.x' is just a file.
+    """
+
+    def __init__(self, layer: int, limits: Limits, whiteouts: bool = True) -> None:
+        self.index = LayerIndex(layer=layer)
+        self._limits = limits
+        self._whiteouts = whiteouts
+        self._warnings = Warnings()
+        self._count = 0
+
+    def add(self, name: str, entry: Entry) -> None:
+        """Record one entry. For a hardlink, entry.link_target is the raw link name from the layer."""
+        self._count += 1
+        if self._count > self._limits.max_entries:
+            raise ImgscanError(
+                f"layer {self.index.layer} has more than {self._limits.max_entries} entries "
+                "(raise the limit with --max-entries)"
+            )
+        path = clean_path(name)
+        if path is None:
+            self._warnings.add("skipped entries whose names escape the image root or are invalid", name)
+            return
+        if name.startswith("/"):
+            self._warnings.add("absolute entry names read relative to the image root", name)
+        if path == "":
+            if entry.kind == DIR:
+                self.index.entries[""] = entry
+            return
+        parent, base = split_parent(path)
+        if self._whiteouts and base.startswith(WHITEOUT_PREFIX):
+            self._add_whiteout(parent, base, name)
+            return
+        if entry.kind == HARDLINK:
+            target = clean_path(entry.link_target or "")
+            if not target:
+                self._warnings.add("skipped hardlinks whose targets escape the image root", name)
+                return
+            entry.link_target = target
+        self.index.entries.pop(path, None)  # a later duplicate wins and takes the later position
+        self.index.entries[path] = entry
+
+    def _add_whiteout(self, parent: str, base: str, name: str) -> None:
+        if base == OPAQUE_MARKER:
+            self.index.opaque_dirs.append(parent)
+            return
+        hidden = base[len(WHITEOUT_PREFIX) :]
+        if hidden in ("", ".", "..") or hidden.startswith(WHITEOUT_PREFIX):
+            self._warnings.add("ignored malformed whiteouts", name)
+            return
+        self.index.whiteouts.append(f"{parent}/{hidden}" if parent else hidden)
+
+    def warn(self, kind: str, example: str) -> None:
+        self._warnings.add(kind, example)
+
+    def finish(self) -> LayerIndex:
+        self.index.warnings = self._warnings.lines()
+        return self.index

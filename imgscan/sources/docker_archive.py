@@ -1,0 +1,93 @@
+"""docker-archive tars (docker save, skopeo): manifest.json names the config and layer tars.
+
+Legacy archives hold <id>/layer.tar (often a symlink to another layer's), skopeo writes <diff_id>.tar,
+Docker >= 25 points into an OCI blobs/ tree. Layers are verified against the config's diff_ids; the image
+digest reported is the image ID (the config's sha256), which is what Docker itself calls the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from imgscan.errors import ImgscanError
+from imgscan.sources.blobs import TarFiles, parse_json, read_blob
+from imgscan.sources.image import TAR, Image, LayerRef
+from imgscan.sources.oci import diff_ids_of, format_platform
+
+LAYER_MEDIA_TYPE = "application/vnd.docker.image.rootfs.diff.tar"
+
+
+def _normalise_tag(tag: str) -> str:
+    """'docker.io/library/x:1' and 'x:1' name the same image; a tag-less name means ':latest'."""
+    for prefix in ("docker.io/library/", "docker.io/", "localhost/"):
+        if tag.startswith(prefix):
+            tag = tag[len(prefix) :]
+    last = tag.rsplit("/", 1)[-1]
+    return tag if ":" in last else f"{tag}:latest"
+
+
+def _select(entries: list[dict[str, Any]], selector: str | None, where: str) -> dict[str, Any]:
+    if selector:
+        want = _normalise_tag(selector)
+        chosen = [e for e in entries if want in {_normalise_tag(t) for t in e.get("RepoTags") or []}]
+    else:
+        chosen = entries
+    if len(chosen) == 1:
+        return chosen[0]
+    choices = "; ".join(", ".join(e.get("RepoTags") or []) or str(e.get("Config")) for e in entries)
+    if not chosen:
+        raise ImgscanError(f"{where}: no image tagged {selector!r}; choices: {choices}")
+    raise ImgscanError(
+        f"{where}: holds {len(chosen)} images, name one as docker-archive:FILE:REPO:TAG; choices: {choices}"
+    )
+
+
+def _hex_in_name(name: str) -> str | None:
+    """The sha256 a content-addressed file name carries ('<hex>.json', 'blobs/sha256/<hex>')."""
+    stem = name.rsplit("/", 1)[-1].removesuffix(".json").removesuffix(".tar")
+    return stem if len(stem) == 64 and all(c in "0123456789abcdef" for c in stem) else None
+
+
+def read_docker_archive(files: TarFiles, selector: str | None, location: str) -> Image:
+    where = files.description
+    entries = parse_json(read_blob(files, "manifest.json"), f"{where}: manifest.json")
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise ImgscanError(f"{where}: manifest.json is not a list of images")
+    entry = _select(entries, selector, where)
+    config_name = str(entry.get("Config") or "")
+    config_bytes = read_blob(files, config_name)
+    image_id = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
+    named = _hex_in_name(config_name)
+    if named is not None and image_id != f"sha256:{named}":
+        raise ImgscanError(f"{where}: config {config_name} digest mismatch: got {image_id}")
+    config = parse_json(config_bytes, f"{where}: config")
+    layer_names = entry.get("Layers") or []
+    diff_ids = diff_ids_of(config, len(layer_names), where)
+    layers = []
+    for i, (name, diff_id) in enumerate(zip(layer_names, diff_ids, strict=True)):
+        region = files.region(str(name))
+        if region is None:
+            raise ImgscanError(f"{where}: layer {i} ({name}) is missing from the archive")
+        hexname = _hex_in_name(str(name))
+        layers.append(
+            LayerRef(
+                index=i,
+                format=TAR,
+                media_type=LAYER_MEDIA_TYPE,
+                digest=f"sha256:{hexname}" if hexname else None,
+                diff_id=diff_id,
+                size=region.size,
+                region=region,
+            )
+        )
+    tags = list(entry.get("RepoTags") or [])
+    return Image(
+        reference=f"docker-archive:{location}@{image_id}",
+        transport="docker-archive",
+        digest=image_id,
+        platform=format_platform(config),
+        config=config,
+        layers=layers,
+        tags=tags,
+    )
