@@ -18,7 +18,8 @@ from imgscan.errors import ImgscanError
 from imgscan.layers.fsview import SymlinkLoop
 from imgscan.layers.index import Limits
 from imgscan.layers.merge import merge
-from imgscan.layers.tarstream import MAX_EXT_HEADER, index_tar
+from imgscan.layers.tarparse import MAX_EXT_HEADER
+from imgscan.layers.tarstream import index_tar
 
 
 def tar_bytes(*members: tuple) -> bytes:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tarfile
 from typing import Any, Protocol
 
 from imgscan.errors import ImgscanError
 from imgscan.layers.names import clean_path
-from imgscan.layers.tarstream import BoundedTarInfo
+from imgscan.layers.streams import GZIP_MAGIC, ZSTD_MAGIC
+from imgscan.layers.tarparse import FILE_TYPES, HARDLINK, SYMLINK, TarMember, TarReader
 from imgscan.sources.image import BlobRegion
 
 MAX_JSON_BYTES = 16 << 20
@@ -53,21 +53,18 @@ class TarFiles:
     def __init__(self, path: str) -> None:
         self.path = path
         self.description = path
-        self._members: dict[str, tarfile.TarInfo] = {}
+        self._members: dict[str, tuple[TarMember, int]] = {}
         try:
-            with tarfile.open(path, mode="r:", tarinfo=BoundedTarInfo) as tf:
-                for ti in tf:
-                    name = clean_path(ti.name)
+            with open(path, "rb", buffering=0) as f:
+                if f.read(4).startswith((GZIP_MAGIC, ZSTD_MAGIC)):
+                    raise ImgscanError(f"{path}: compressed archive; decompress it first (gzip -d / zstd -d)")
+                f.seek(0)
+                reader = TarReader(f)
+                for member in reader:
+                    name = clean_path(member.name)
                     if name:
-                        self._members[name] = ti
-                tf.members = []
-        except (tarfile.TarError, UnicodeError) as e:
-            with open(path, "rb") as f:
-                magic = f.read(4)
-            if magic.startswith((b"\x1f\x8b", b"\x28\xb5\x2f\xfd")):
-                raise ImgscanError(
-                    f"{path}: compressed archive; decompress it first (gzip -d / zstd -d)"
-                ) from None
+                        self._members[name] = (member, reader.data_offset)
+        except ImgscanError as e:
             raise ImgscanError(f"{path}: not a readable tar archive ({e})") from None
         except OSError as e:
             raise ImgscanError(f"{path}: {e.strerror or e}") from None
@@ -77,16 +74,16 @@ class TarFiles:
 
     def region(self, name: str) -> BlobRegion | None:
         for _ in range(_MAX_MEMBER_LINKS):
-            ti = self._members.get(clean_path(name) or "")
-            if ti is None:
+            member, offset = self._members.get(clean_path(name) or "", (None, 0))
+            if member is None:
                 return None
-            if ti.isfile():
-                return BlobRegion(self.path, ti.offset_data, ti.size)
-            if ti.issym():
+            if member.type in FILE_TYPES:
+                return BlobRegion(self.path, offset, member.size)
+            if member.type == SYMLINK:
                 base = os.path.dirname(clean_path(name) or "")
-                name = ti.linkname if ti.linkname.startswith("/") else f"{base}/{ti.linkname}"
-            elif ti.islnk():
-                name = ti.linkname
+                name = member.linkname if member.linkname.startswith("/") else f"{base}/{member.linkname}"
+            elif member.type == HARDLINK:
+                name = member.linkname
             else:
                 return None
         return None

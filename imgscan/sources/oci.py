@@ -36,6 +36,16 @@ def format_platform(plat: dict[str, Any]) -> str:
     return f"{text}/{plat['variant']}" if plat.get("variant") else text
 
 
+def _descriptors(index: Any, what: str) -> list[dict[str, Any]]:
+    """The manifests list of an index, checked to be descriptors (hostile JSON is common)."""
+    manifests = index.get("manifests") if isinstance(index, dict) else None
+    if not isinstance(manifests, list) or not all(
+        isinstance(d, dict) and isinstance(d.get("digest"), str) for d in manifests
+    ):
+        raise ImgscanError(f"{what}: no valid manifests list")
+    return manifests
+
+
 def _platform_matches(plat: dict[str, Any], wanted: str) -> bool:
     os_, _, rest = wanted.partition("/")
     arch, _, variant = rest.partition("/")
@@ -62,8 +72,17 @@ def _select(manifests: list[dict[str, Any]], selector: str | None, where: str) -
     raise ImgscanError(f"{where}: holds {len(chosen)} images, name one by tag or @digest; choices: {choices}")
 
 
+def _is_nested_digest(files: LayoutFiles, manifests: list[dict[str, Any]], selector: str | None) -> bool:
+    """A digest that names a platform manifest inside a nested index rather than a top-level entry."""
+    if not selector or not selector.startswith("sha256:"):
+        return False
+    if any(d.get("digest") == selector for d in manifests):
+        return False
+    return files.region(blob_name(selector)) is not None
+
+
 def _pick_platform(index: dict[str, Any], platform: str, where: str) -> dict[str, Any]:
-    manifests = index.get("manifests") or []
+    manifests = _descriptors(index, f"{where}: image index")
     matching = [d for d in manifests if _platform_matches(d.get("platform") or {}, platform)]
     if not matching:
         have = ", ".join(format_platform(d.get("platform") or {}) for d in manifests)
@@ -80,10 +99,12 @@ def read_oci_layout(
     if not isinstance(layout, dict) or "imageLayoutVersion" not in layout:
         raise ImgscanError(f"{where}: oci-layout has no imageLayoutVersion")
     index = parse_json(read_blob(files, "index.json"), f"{where}: index.json")
-    manifests = index.get("manifests") if isinstance(index, dict) else None
-    if not isinstance(manifests, list):
-        raise ImgscanError(f"{where}: index.json has no manifests list")
-    desc = _select(manifests, selector, where)
+    manifests = _descriptors(index, f"{where}: index.json")
+    desc = (
+        _select(manifests, selector, where)
+        if not _is_nested_digest(files, manifests, selector)
+        else {"digest": selector}
+    )
     tags = [t for t in [(desc.get("annotations") or {}).get(REF_NAME)] if t]
     for _ in range(_MAX_INDEX_DEPTH):
         if desc.get("mediaType") not in INDEX_TYPES:
@@ -92,6 +113,8 @@ def read_oci_layout(
         desc = _pick_platform(nested, platform, where)
     digest = desc.get("digest") or ""
     manifest = parse_json(read_blob(files, blob_name(digest), digest), f"{where}: manifest {digest}")
+    if not isinstance(manifest, dict):
+        raise ImgscanError(f"{where}: manifest {digest} is not a JSON object")
     media_type = manifest.get("mediaType") or desc.get("mediaType")
     if media_type not in MANIFEST_TYPES:
         raise ImgscanError(f"{where}: {digest} is not an image manifest ({media_type})")

@@ -96,6 +96,14 @@ def _host_dir_image(path: str) -> Image:
 def open_image(text: str, platform: str = DEFAULT_PLATFORM) -> Image:
     """Resolve a reference to an Image whose manifest and config have been verified."""
     ref = parse_reference(text)
+    try:
+        return _open(ref, platform)
+    except (AttributeError, TypeError, KeyError, ValueError) as e:
+        # JSON of the wrong shape (a list where an object belongs, a number for a digest...)
+        raise ImgscanError(f"{ref.path}: malformed image metadata ({type(e).__name__}: {e})") from None
+
+
+def _open(ref: Reference, platform: str) -> Image:
     location = os.path.abspath(ref.path)
     if ref.transport in ("oci-dir", "dir", "oci-archive", "docker-archive", "singularity"):
         want_dir = ref.transport in ("oci-dir", "dir")
