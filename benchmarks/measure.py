@@ -51,8 +51,7 @@ def measure(cmd: list[str], env: dict[str, str] | None = None) -> Measurement:
         "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, rc)"
     )
     start = time.perf_counter()
-    proc = subprocess.Popen(["python3", "-c", wrapper, *cmd], stdout=subprocess.PIPE, text=True,
-                            env=env)
+    proc = subprocess.Popen(["python3", "-c", wrapper, *cmd], stdout=subprocess.PIPE, text=True, env=env)
     peak_tree = 0
     while proc.poll() is None:
         peak_tree = max(peak_tree, _tree_rss(proc.pid) - _wrapper_rss(proc.pid))

@@ -115,7 +115,9 @@ def test_hardlink_to_missing_or_escaping_target_is_skipped_with_warning():
 
 
 def test_escaping_and_absolute_names():
-    ix = index(tar_bytes(("../../evil", "file"), ("/abs/file", "file"), ("a/../../b", "file"), ("ok", "file")))
+    ix = index(
+        tar_bytes(("../../evil", "file"), ("/abs/file", "file"), ("a/../../b", "file"), ("ok", "file"))
+    )
     assert set(ix.entries) == {"abs/file", "ok"}
     assert any("escape" in w for w in ix.warnings) and any("absolute" in w for w in ix.warnings)
 
@@ -129,8 +131,17 @@ def test_entries_under_symlinked_parent_land_in_its_target_inside_the_image():
 
 
 def test_resolve_stays_inside_root_and_detects_loops():
-    fs, _ = merged(tar_bytes(("usr", "dir"), ("usr/lib", "dir"), ("usr/lib/x", "file"), ("lib", "symlink", "usr/lib"),
-                             ("up", "symlink", "../../../../usr"), ("a", "symlink", "b"), ("b", "symlink", "a")))
+    fs, _ = merged(
+        tar_bytes(
+            ("usr", "dir"),
+            ("usr/lib", "dir"),
+            ("usr/lib/x", "file"),
+            ("lib", "symlink", "usr/lib"),
+            ("up", "symlink", "../../../../usr"),
+            ("a", "symlink", "b"),
+            ("b", "symlink", "a"),
+        )
+    )
     assert fs.resolve("lib/x") == ("usr/lib/x", fs.lookup("usr/lib/x"))
     assert fs.resolve("up/lib")[0] == "usr/lib"
     with pytest.raises(SymlinkLoop):
@@ -150,7 +161,7 @@ def test_digests_are_checked_for_blob_and_diff_id():
     good_diff = "sha256:" + hashlib.sha256(raw).hexdigest()
     ix = index_tar(io.BytesIO(gz), 0, Limits(), good_digest, good_diff, "layer 0")
     assert ix.diff_id == good_diff and ix.uncompressed_size == len(raw)
-    with pytest.raises(ImgscanError, match="layer 0.*blob digest mismatch"):
+    with pytest.raises(ImgscanError, match=r"layer 0.*blob digest mismatch"):
         index_tar(io.BytesIO(gz), 0, Limits(), "sha256:" + "0" * 64, good_diff, "layer 0")
     with pytest.raises(ImgscanError, match="diff_id mismatch"):
         index_tar(io.BytesIO(gz), 0, Limits(), good_digest, "sha256:" + "1" * 64, "layer 0")
@@ -187,3 +198,18 @@ def test_entry_limit_and_inflate_ratio():
     zeros = tar_bytes(("z", "file", b"\0" * 3_000_000))
     with pytest.raises(ImgscanError, match="inflates more than 10:1"):
         index(gzip.compress(zeros), max_inflate_ratio=10, inflate_ratio_floor=1 << 20)
+
+
+def test_hardlinks_resolve_in_tar_order():
+    # the link is read before the same layer deletes its lower target
+    fs, _ = merged(tar_bytes(("x", "file", b"lower!")), tar_bytes(("y", "hardlink", "x"), (".wh.x", "file")))
+    assert (fs.lookup("y").size, fs.lookup("x")) == (6, None)
+    # the target is overwritten later in the same layer: the link keeps the first content
+    fs, _ = merged(tar_bytes(("x", "file", b"first"), ("y", "hardlink", "x"), ("x", "file", b"second!!")))
+    assert (fs.lookup("y").size, fs.lookup("x").size) == (5, 8)
+    # a path first linked to a lower file, then replaced by a link to a file of its own layer
+    fs, _ = merged(
+        tar_bytes(("x", "file", b"123")),
+        tar_bytes(("y", "hardlink", "x"), ("z", "file", b"12345"), ("y", "hardlink", "z")),
+    )
+    assert fs.lookup("y").size == 5

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 FILE = "file"
 DIR = "dir"
@@ -40,3 +40,13 @@ class Entry:
     def mode_string(self) -> str:
         """Like the first column of `ls -l`."""
         return _TYPE_CHAR[self.kind] + stat.filemode(self.mode)[1:]
+
+
+def linked_copy(target: Entry, link: Entry) -> Entry | None:
+    """What a hardlink shows once its target is known: the target's metadata at the moment the link is
+    read (later changes to the target path do not affect it). None for a directory target."""
+    if target.kind == DIR:
+        return None
+    kind = HARDLINK if target.kind in (FILE, HARDLINK) else target.kind
+    link_target = link.link_target if kind == HARDLINK else target.link_target
+    return replace(target, kind=kind, layer=link.layer, link_target=link_target, children=None)

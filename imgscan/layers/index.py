@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from imgscan.errors import ImgscanError
-from imgscan.layers.entry import DIR, HARDLINK, Entry
+from imgscan.layers.entry import DIR, HARDLINK, Entry, linked_copy
 from imgscan.layers.names import clean_path, split_parent
 
 WHITEOUT_PREFIX = ".wh."
@@ -34,6 +34,7 @@ class LayerIndex:
 
     layer: int
     entries: dict[str, Entry] = field(default_factory=dict)
+    lower_hardlinks: set[str] = field(default_factory=set)  # entries linking into lower layers
     whiteouts: list[str] = field(default_factory=list)
     opaque_dirs: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -94,14 +95,31 @@ class LayerIndexBuilder:
         if self._whiteouts and base.startswith(WHITEOUT_PREFIX):
             self._add_whiteout(parent, base, name)
             return
+        self.index.lower_hardlinks.discard(path)
         if entry.kind == HARDLINK:
-            target = clean_path(entry.link_target or "")
-            if not target:
-                self._warnings.add("skipped hardlinks whose targets escape the image root", name)
+            resolved = self._link(entry, name)
+            if resolved is None:
                 return
-            entry.link_target = target
+            entry = resolved
         self.index.entries.pop(path, None)  # a later duplicate wins and takes the later position
         self.index.entries[path] = entry
+
+    def _link(self, entry: Entry, name: str) -> Entry | None:
+        """Resolve a hardlink in tar order: to this layer's target as it is now, or (resolved at merge,
+        before this layer's whiteouts) to a lower layer's."""
+        target_path = clean_path(entry.link_target or "")
+        if not target_path:
+            self._warnings.add("skipped hardlinks whose targets escape the image root", name)
+            return None
+        entry.link_target = target_path
+        target = self.index.entries.get(target_path)
+        if target is None:
+            self.index.lower_hardlinks.add(clean_path(name) or "")
+            return entry
+        linked = linked_copy(target, entry)
+        if linked is None:
+            self._warnings.add("skipped hardlinks to directories", name)
+        return linked
 
     def _add_whiteout(self, parent: str, base: str, name: str) -> None:
         if base == OPAQUE_MARKER:

@@ -8,10 +8,8 @@ followed inside the image (as umoci's unpack does); missing parents are created 
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from imgscan.errors import ImgscanError
-from imgscan.layers.entry import DIR, HARDLINK, Entry
+from imgscan.layers.entry import DIR, Entry, linked_copy
 from imgscan.layers.fsview import FileSystem
 from imgscan.layers.index import LayerIndex, Warnings
 from imgscan.layers.names import split_parent
@@ -24,6 +22,8 @@ class _Merger:
 
     def apply(self, index: LayerIndex) -> None:
         layer = index.layer
+        for path in index.lower_hardlinks:  # read before this layer's whiteouts, as in tar order
+            self._resolve_lower_hardlink(index, path)
         for path in index.opaque_dirs:
             node = self._existing_dir(path)
             if node is not None:
@@ -52,11 +52,6 @@ class _Merger:
         parent = self._parent_dir(parent_path, layer, path)
         if parent is None:
             return
-        if entry.kind == HARDLINK:
-            linked = self._hardlink(entry, path)
-            if linked is None:
-                return
-            entry = linked
         assert parent.children is not None
         old = parent.children.get(name)
         if entry.kind == DIR:
@@ -86,18 +81,19 @@ class _Merger:
             node, canonical = child, here
         return node
 
-    def _hardlink(self, entry: Entry, path: str) -> Entry | None:
+    def _resolve_lower_hardlink(self, index: LayerIndex, path: str) -> None:
+        entry = index.entries[path]
         target_path = entry.link_target or ""
         try:
             target = self.fs.lookup(target_path, follow_last=False)
         except ImgscanError:
             target = None
-        if target is None or target.kind == DIR:
+        linked = linked_copy(target, entry) if target is not None else None
+        if linked is None:
             self.warnings.add("skipped hardlinks to missing files or directories", f"{path} -> {target_path}")
-            return None
-        if target.kind in (HARDLINK, "file"):
-            return replace(target, kind=HARDLINK, layer=entry.layer, link_target=target_path, children=None)
-        return replace(target, layer=entry.layer, children=None)
+            del index.entries[path]
+        else:
+            index.entries[path] = linked
 
 
 def merge(indexes: list[LayerIndex]) -> tuple[FileSystem, list[str]]:
