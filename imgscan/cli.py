@@ -14,6 +14,8 @@ from imgscan import __version__
 from imgscan.errors import ImgscanError
 from imgscan.layers.index import Limits
 from imgscan.layers.scan import MergedImage, scan_image
+from imgscan.linker.context import DEFAULT_HWCAPS
+from imgscan.linker.report import Closures, LddOptions, elf_objects, ldd_data, ldd_lines
 from imgscan.sources.refs import DEFAULT_PLATFORM, open_image
 from imgscan.views import entry_data, entry_line, inspect_data, inspect_lines, list_entries
 
@@ -109,6 +111,61 @@ def ls_command(ref: str, path: str, as_json: bool, recursive: bool, **opts: Any)
     else:
         for p, e in entries:
             click.echo(entry_line(p, e))
+
+
+@cli.command()
+@click.argument("ref")
+@click.argument("paths", nargs=-1)
+@click.option("--all", "all_objects", is_flag=True, help="Every dynamically linked ELF file in the image.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--env",
+    "env_overrides",
+    multiple=True,
+    metavar="KEY=VAL",
+    help="Override the image config's Env (e.g. LD_LIBRARY_PATH=...); repeatable.",
+)
+@click.option(
+    "--hwcaps",
+    type=click.Choice(["v2", "v3", "v4"]),
+    default=DEFAULT_HWCAPS,
+    show_default=True,
+    help="x86-64 level assumed for glibc-hwcaps subdirectories (the host CPU decides at run time).",
+)
+@_image_options
+def ldd(
+    ref: str,
+    paths: tuple[str, ...],
+    all_objects: bool,
+    as_json: bool,
+    env_overrides: tuple[str, ...],
+    hwcaps: str,
+    **opts: Any,
+) -> None:
+    """Resolve shared-object dependencies of PATHS (or --all) inside REF, as glibc's ld.so would."""
+    if not paths and not all_objects:
+        raise click.UsageError("give one or more PATHs in the image, or --all")
+    for item in env_overrides:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not KEY=VAL", param_hint="--env")
+    merged = scan_image(open_image(ref, opts["platform"]), _limits(opts))
+    _warn(merged.warnings)
+    config = merged.image.container_config
+    options = LddOptions(
+        env=[*(config.get("Env") or []), *env_overrides],
+        hwcaps=hwcaps,
+        working_dir=config.get("WorkingDir") or "/",
+    )
+    roots = elf_objects(merged.fs) if all_objects else list(paths)
+    closures = Closures(merged.fs, options)
+    if as_json:
+        data = ldd_data(closures, roots)
+        _warn(closures.warnings)
+        _emit_json({"reference": merged.image.reference, "digest": merged.image.digest, **data})
+    else:
+        lines = ldd_lines(closures, roots)
+        _warn(closures.warnings)
+        click.echo("\n".join(lines))
 
 
 def main() -> None:

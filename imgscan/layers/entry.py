@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import stat
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from imgscan.elf.facts import ElfFacts
 
 FILE = "file"
 DIR = "dir"
@@ -36,6 +40,8 @@ class Entry:
     devmajor: int = 0
     devminor: int = 0
     children: dict[str, Entry] | None = None
+    content: bytes | None = None  # captured bytes of the few small files analysers read (content.py)
+    elf: ElfFacts | None = None  # facts of an ELF file, read as its bytes streamed past
 
     def mode_string(self) -> str:
         """Like the first column of `ls -l`."""

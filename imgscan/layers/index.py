@@ -73,8 +73,11 @@ class LayerIndexBuilder:
         self._warnings = Warnings()
         self._count = 0
 
-    def add(self, name: str, entry: Entry) -> None:
-        """Record one entry. For a hardlink, entry.link_target is the raw link name from the layer."""
+    def add(self, name: str, entry: Entry) -> str | None:
+        """Record one entry; returns its clean path, or None when it was skipped or is a whiteout.
+
+        For a hardlink, entry.link_target is the raw link name from the layer. The producer may fill the
+        recorded entry's content and ELF facts afterwards (collect_content), as the file's bytes pass."""
         self._count += 1
         if self._count > self._limits.max_entries:
             raise ImgscanError(
@@ -84,25 +87,26 @@ class LayerIndexBuilder:
         path = clean_path(name)
         if path is None:
             self._warnings.add("skipped entries whose names escape the image root or are invalid", name)
-            return
+            return None
         if name.startswith("/"):
             self._warnings.add("absolute entry names read relative to the image root", name)
         if path == "":
             if entry.kind == DIR:
                 self.index.entries[""] = entry
-            return
+            return None
         parent, base = split_parent(path)
         if self._whiteouts and base.startswith(WHITEOUT_PREFIX):
             self._add_whiteout(parent, base, name)
-            return
+            return None
         self.index.lower_hardlinks.discard(path)
         if entry.kind == HARDLINK:
             resolved = self._link(entry, name)
             if resolved is None:
-                return
+                return None
             entry = resolved
         self.index.entries.pop(path, None)  # a later duplicate wins and takes the later position
         self.index.entries[path] = entry
+        return path
 
     def _link(self, entry: Entry, name: str) -> Entry | None:
         """Resolve a hardlink in tar order: to this layer's target as it is now, or (resolved at merge,

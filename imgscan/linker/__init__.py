@@ -1,0 +1,1 @@
+"""glibc ld.so emulation inside an image: search order, ld.so.cache, hwcaps, musl."""
