@@ -65,6 +65,7 @@ class Inode:
         self.target: str | None = None
 
     def entry(self, layer: int) -> Entry:
+        """The index's view; device numbers as the kernel's new_encode_dev() packs them."""
         major = (self.rdev >> 8) & 0xFFF
         minor = (self.rdev & 0xFF) | ((self.rdev >> 12) & 0xFFF00)
         size = 0 if self.kind == DIR else self.size
@@ -275,7 +276,8 @@ class Squashfs:
     def walk(self) -> Iterator[tuple[str, Inode]]:
         """Every entry as (path, inode), the root as '' first, parents before their children.
 
-        A directory reached twice (a hostile image can loop) is skipped; the caller sees it once.
+        A directory inode reached twice (only a hostile image loops) is an ImgscanError. Names are checked
+        here too: an entry named '', '.', '..' or holding '/' would otherwise alias another path.
         """
         root = self.inode(self.root_ref)
         if root.kind != DIR:
@@ -412,16 +414,18 @@ def index_squashfs(region: BlobRegion, layer: int, limits: Limits) -> LayerIndex
     unsquashfs would create them; sockets are skipped (an image can't carry a live one).
     """
     builder = LayerIndexBuilder(layer, limits, whiteouts=False)
-    first_path: dict[int, str] = {}
+    first_path: dict[int, str] = {}  # inode number -> first recorded path, for files with nlink > 1
     with Squashfs(region) as fs:
         for path, ino in fs.walk():
             if ino.kind == SOCKET:
                 builder.warn("skipped sockets", path)
                 continue
             entry = ino.entry(layer)
-            if ino.kind == FILE and ino.nlink > 1:
-                first = first_path.setdefault(ino.number, path)
-                if first != path:
-                    entry.kind, entry.link_target = HARDLINK, first
+            linked = ino.kind == FILE and ino.nlink > 1
+            first = first_path.get(ino.number) if linked else None
+            if first is not None:
+                entry.kind, entry.link_target = HARDLINK, first
             builder.add(path, entry)
+            if linked and first is None and path in builder.index.entries:
+                first_path[ino.number] = path
     return builder.finish()

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import struct
+import uuid
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -32,7 +33,8 @@ FS_SQUASHFS, PART_PRIMARY = 1, 2
 FS_NAMES = {1: "squashfs", 2: "ext3", 3: "immutable object archive", 4: "raw data", 5: "encrypted squashfs"}
 # sylabs/sif pkg/sif/arch.go: the codes and the GOARCH (= OCI architecture) names they stand for
 ARCHES = {"01": "386", "02": "amd64", "03": "arm", "04": "arm64", "05": "ppc64", "06": "ppc64le",
-          "07": "mips", "08": "mipsle", "09": "mips64", "10": "mips64le", "11": "s390x", "12": "riscv64"}  # fmt: skip
+          "07": "mips", "08": "mipsle", "09": "mips64", "10": "mips64le", "11": "s390x",
+          "12": "riscv64"}  # fmt: skip
 MEDIA_TYPE = "application/vnd.sylabs.sif.layer.v1.squashfs"
 TRANSPORT = "singularity"
 
@@ -43,7 +45,6 @@ class Descriptor:
 
     datatype: int
     id: int
-    groupid: int
     offset: int
     size: int
     name: str
@@ -61,9 +62,9 @@ def read_descriptors(f: BinaryIO, path: str, file_size: int) -> tuple[tuple[Any,
     if len(raw) < HEADER.size or raw[32:42] != MAGIC:
         raise ImgscanError(f"{path}: not a SIF file (no SIF_MAGIC header)")
     header = HEADER.unpack(raw)
-    version, dfree, dtotal, descoff = header[2], header[7], header[8], header[9]
-    if version.rstrip(b"\x00") != b"01":
-        raise ImgscanError(f"{path}: SIF version {version.rstrip(bytes(1))!r} is not supported (only 01)")
+    version, dfree, dtotal, descoff = header[2].rstrip(b"\x00"), header[7], header[8], header[9]
+    if version != b"01":
+        raise ImgscanError(f"{path}: SIF version {version!r} is not supported (only 01)")
     if not 0 < dtotal <= MAX_DESCRIPTORS or not 0 <= dfree <= dtotal:
         raise ImgscanError(f"{path}: corrupt SIF: {dtotal} descriptors ({dfree} free)")
     if descoff < HEADER.size or descoff + dtotal * DESCRIPTOR.size > file_size:
@@ -72,7 +73,7 @@ def read_descriptors(f: BinaryIO, path: str, file_size: int) -> tuple[tuple[Any,
     table = f.read(dtotal * DESCRIPTOR.size)
     descriptors = []
     for i in range(dtotal):
-        datatype, used, did, groupid, _link, offset, size, *_times, name, extra = DESCRIPTOR.unpack_from(
+        datatype, used, did, _group, _link, offset, size, *_times, name, extra = DESCRIPTOR.unpack_from(
             table, i * DESCRIPTOR.size
         )
         if not used:
@@ -83,13 +84,13 @@ def read_descriptors(f: BinaryIO, path: str, file_size: int) -> tuple[tuple[Any,
                 f"lies outside the file ({file_size} bytes)"
             )
         text = name.rstrip(b"\x00").decode("utf-8", "replace")
-        descriptors.append(Descriptor(datatype, did, groupid & 0x0FFFFFFF, offset, size, text, extra))
+        descriptors.append(Descriptor(datatype, did, offset, size, text, extra))
     return header, descriptors
 
 
 def _read_object(f: BinaryIO, path: str, d: Descriptor) -> bytes:
     if d.size > MAX_METADATA:
-        raise ImgscanError(f"{path}: SIF data object {d.id} ({d.name}) is {d.size} bytes, too big for metadata")
+        raise ImgscanError(f"{path}: SIF data object {d.id} ({d.name}) is {d.size} bytes, too big for text")
     f.seek(d.offset)
     return f.read(d.size)
 
@@ -133,7 +134,7 @@ def open_sif(path: str, reference: str) -> Image:
         with open(path, "rb") as f:
             header, descriptors = read_descriptors(f, path, file_size)
             part = _primary_partition(path, descriptors)
-            metadata: dict[str, Any] = {"sif_uuid": header[4].hex(), "sif_created": header[5]}
+            metadata: dict[str, Any] = {"sif_uuid": str(uuid.UUID(bytes=header[4])), "sif_created": header[5]}
             labels: dict[str, str] = {}
             env: list[str] = []
             for d in descriptors:
@@ -208,7 +209,7 @@ def env_from_script(text: str) -> list[str]:
     env: dict[str, str] = {}
     depth = 0
     for line in text.replace("\\\n", " ").splitlines():
-        for command in _split_commands(line):
+        for command, conditional in _split_commands(line):
             words = command.split(None, 1)
             if not words or words[0].startswith("#"):
                 break
@@ -221,7 +222,7 @@ def env_from_script(text: str) -> list[str]:
                 continue
             if first in ("then", "else", "do") and len(words) > 1:
                 command, first = words[1], words[1].split()[0]
-            if depth:
+            if depth or conditional:
                 continue
             if first == "unset":
                 for name in command.split()[1:]:
@@ -238,9 +239,9 @@ def env_from_script(text: str) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def _split_commands(line: str) -> list[str]:
-    """Split a line at unquoted ';', '&&' and '||' (enough to see `if ...; then ...; fi` on one line)."""
-    parts, start, quote, i = [], 0, "", 0
+def _split_commands(line: str) -> list[tuple[str, bool]]:
+    """Split a line at unquoted ';', '&&', '||': (command, runs only if a test passed) pairs."""
+    parts, start, quote, cond, i = [], 0, "", False, 0
     while i < len(line):
         c = line[i]
         if c == "\\":
@@ -253,12 +254,13 @@ def _split_commands(line: str) -> list[str]:
         elif c == "#" and (i == 0 or line[i - 1] in " \t"):
             break
         elif c == ";" or line.startswith(("&&", "||"), i):
-            parts.append(line[start:i].strip())
+            parts.append((line[start:i].strip(), cond))
+            cond = c != ";"
             i += 1 if c == ";" else 2
             start = i
             continue
         i += 1
-    parts.append(line[start:i].strip())
+    parts.append((line[start:i].strip(), cond))
     return parts
 
 
