@@ -14,6 +14,7 @@ import socket
 import stat
 import struct
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -498,3 +499,25 @@ def test_bad_labels_object_in_sif(built: Built, tmp_path: Path) -> None:
     (tmp_path / "labels.json").write_text("not json")
     sif = make_sif(built.sqfs, tmp_path / "l.sif", (3, tmp_path / "labels.json"))
     expect_error(sif, "labels object .* not valid JSON")
+
+
+def test_env_and_labels_from_the_tree_when_descriptors_lack_them(tmp_path: Path) -> None:
+    """Apptainer keeps Env and labels inside the squashfs; inspect reads them from there."""
+    root = tmp_path / "rootfs"
+    (root / ".singularity.d/env").mkdir(parents=True)
+    (root / ".singularity.d/env/10-docker2singularity.sh").write_text(
+        '#!/bin/sh\nexport PATH="/usr/local/bin:/usr/bin"\n'
+        'export LD_LIBRARY_PATH="${LD_LIBRARY_PATH:-"/opt/x"}"\n'
+    )
+    (root / ".singularity.d/env/90-environment.sh").write_text('export CUDA_VERSION="13.0"\n')
+    (root / ".singularity.d/labels.json").write_text(json.dumps({"org.opencontainers.image.title": "t"}))
+    sif = make_sif(mksquashfs(root, tmp_path / "f.sqfs"), tmp_path / "f.sif")
+    out = subprocess.run(
+        [sys.executable, "-m", "imgscan", "inspect", f"sif:{sif}", "--json"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    config = json.loads(out)["config"]
+    assert config["Env"] == ["PATH=/usr/local/bin:/usr/bin", "LD_LIBRARY_PATH=/opt/x", "CUDA_VERSION=13.0"]
+    assert config["Labels"] == {"org.opencontainers.image.title": "t"}

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from imgscan.errors import ImgscanError
+from imgscan.layers.entry import DIR, FILE
+from imgscan.layers.squashfs import Inode, Squashfs
 from imgscan.sources.image import SQUASHFS, BlobRegion, Image, LayerRef
 
 MAGIC = b"SIF_MAGIC\x00"
@@ -144,6 +146,11 @@ def open_sif(path: str, reference: str) -> Image:
                     labels.update(labels_from_json(_read_object(f, path, d), f"{path}: labels object {d.id}"))
                 elif d.datatype == DATA_ENV:
                     env += env_from_script(_read_object(f, path, d).decode("utf-8", "replace"))
+        region = BlobRegion(path, part.offset, part.size)
+        if not env or not labels:
+            tree_env, tree_labels = _config_in_tree(region)
+            env = env or tree_env
+            labels = labels or tree_labels
         digest = sha256_file(path)
     except OSError as exc:
         raise ImgscanError(f"{path}: cannot read SIF file: {exc.strerror or exc}") from None
@@ -160,7 +167,7 @@ def open_sif(path: str, reference: str) -> Image:
         media_type=MEDIA_TYPE,
         digest=None,
         size=part.size,
-        region=BlobRegion(path, part.offset, part.size),
+        region=region,
     )
     return Image(
         reference=reference,
@@ -171,6 +178,36 @@ def open_sif(path: str, reference: str) -> Image:
         layers=[layer],
         metadata=metadata,
     )
+
+
+def _config_in_tree(region: BlobRegion) -> tuple[list[str], dict[str, str]]:
+    """Env and labels apptainer keeps inside the image: /.singularity.d/env/*.sh (sourced in name order)
+    and /.singularity.d/labels.json. Read in place; absent files give nothing."""
+    env: list[str] = []
+    labels: dict[str, str] = {}
+    with Squashfs(region) as fs:
+        try:
+            env_dir = fs.lookup(".singularity.d/env")
+        except ImgscanError:
+            env_dir = None
+        if env_dir is not None and env_dir.kind == DIR:
+            scripts = sorted((name, ref) for name, ref in fs.listdir(env_dir) if name.endswith(".sh"))
+            text = "\n".join(_small_file(fs, fs.inode(ref)) for _, ref in scripts)
+            env = env_from_script(text)
+        try:
+            labels_inode = fs.lookup(".singularity.d/labels.json")
+        except ImgscanError:
+            labels_inode = None
+        if labels_inode is not None and labels_inode.kind == FILE:
+            labels = labels_from_json(_small_file(fs, labels_inode).encode(), "/.singularity.d/labels.json")
+    return env, labels
+
+
+def _small_file(fs: Squashfs, inode: Inode, limit: int = 1 << 20) -> str:
+    if inode.kind != FILE:
+        return ""
+    with fs.open(inode) as f:
+        return f.read(limit).decode("utf-8", "replace")
 
 
 def labels_from_json(data: bytes, what: str = "labels") -> dict[str, str]:
