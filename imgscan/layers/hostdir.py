@@ -7,6 +7,7 @@ import stat
 
 from imgscan.errors import ImgscanError
 from imgscan.layers import entry as kinds
+from imgscan.layers.content import collect_content
 from imgscan.layers.entry import Entry
 from imgscan.layers.index import LayerIndex, LayerIndexBuilder, Limits
 
@@ -38,6 +39,14 @@ def _entry_of(st: os.stat_result, layer: int, link: str | None) -> Entry | None:
         os.major(dev),
         os.minor(dev),
     )
+
+
+def _collect(host_path: str, path: str, entry: Entry, builder: LayerIndexBuilder) -> None:
+    try:
+        with open(host_path, "rb", buffering=0) as f:  # lstat said regular file: no symlink is followed
+            collect_content(path, entry, f.read)
+    except OSError as e:
+        builder.warn(f"unreadable files ({e.strerror})", path)
 
 
 def index_hostdir(root: str, layer: int, limits: Limits) -> LayerIndex:
@@ -72,7 +81,9 @@ def index_hostdir(root: str, layer: int, limits: Limits) -> LayerIndex:
                     entry.kind, entry.link_target = kinds.HARDLINK, first_path_of_inode[key]
                 else:
                     first_path_of_inode[key] = rel
-            builder.add(rel, entry)
+            recorded = builder.add(rel, entry)
+            if recorded is not None and entry.kind == kinds.FILE:
+                _collect(child.path, recorded, entry, builder)
             if entry.kind == kinds.DIR:
                 pending.append(rel)
     return builder.finish()

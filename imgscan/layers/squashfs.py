@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 import zstandard
 
 from imgscan.errors import ImgscanError
+from imgscan.layers.content import collect_content
 from imgscan.layers.entry import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry
 from imgscan.layers.index import LayerIndex, LayerIndexBuilder, Limits
 from imgscan.sources.image import BlobRegion
@@ -425,7 +426,10 @@ def index_squashfs(region: BlobRegion, layer: int, limits: Limits) -> LayerIndex
             first = first_path.get(ino.number) if linked else None
             if first is not None:
                 entry.kind, entry.link_target = HARDLINK, first
-            builder.add(path, entry)
-            if linked and first is None and path in builder.index.entries:
+            recorded = builder.add(path, entry)
+            if recorded is not None and entry.kind == FILE:
+                with fs.open(ino) as f:
+                    collect_content(recorded, entry, f.read)
+            if linked and first is None and recorded is not None:
                 first_path[ino.number] = path
     return builder.finish()

@@ -99,7 +99,8 @@ class TarReader:
     def __init__(self, stream: BinaryIO) -> None:
         self._seekable = stream.seekable()
         self._s = io.BufferedReader(stream, _SKIP_CHUNK)  # type: ignore[arg-type]
-        self._left = 0  # data bytes of the current member not yet consumed (incl. padding)
+        self._left = 0  # data bytes of the current member not yet consumed
+        self._pad = 0  # zero padding after them, up to the next 512-byte block
         self._global: dict[str, str] = {}
         self.data_offset = 0  # offset of the current member's data in the stream
         self.missing_end_marker = False
@@ -143,8 +144,8 @@ class TarReader:
         pax: dict[str, str] = {}
         long_name = long_link = None
         while True:
-            self._skip(self._left)
-            self._left = 0
+            self._skip(self._left + self._pad)
+            self._left = self._pad = 0
             hdr = self._s.read(BLOCK)
             self.data_offset += len(hdr)
             if hdr == _ZERO_BLOCK:
@@ -177,7 +178,7 @@ class TarReader:
             member = self._member(hdr, kind, size, ext, long_name, long_link)
             pax, long_name, long_link = {}, None, None
             if kind in _DATA_TYPES or kind not in _KNOWN_TYPES:  # as tarfile: links and dirs carry no data
-                self._left = size + (-size % BLOCK)
+                self._left, self._pad = size, -size % BLOCK
             if kind == _GNU_SPARSE:
                 self._skip_sparse_extensions(hdr)
             yield member

@@ -7,6 +7,7 @@ from typing import BinaryIO
 from imgscan.errors import ImgscanError
 from imgscan.layers import entry as kinds
 from imgscan.layers import tarparse
+from imgscan.layers.content import collect_content
 from imgscan.layers.entry import Entry
 from imgscan.layers.index import LayerIndex, LayerIndexBuilder, Limits
 from imgscan.layers.streams import DigestReader, InflateGuard, decompressed
@@ -62,7 +63,9 @@ def index_tar(
             if entry is None:
                 builder.warn(f"skipped tar entries of unsupported type {chr(member.type)!r}", member.name)
                 continue
-            builder.add(member.name, entry)
+            path = builder.add(member.name, entry)
+            if path is not None:
+                collect_content(path, entry, reader.read_data)
         if reader.missing_end_marker:
             builder.warn("tar stream ends without an end-of-archive marker (truncated?)", label)
         uncompressed.drain()

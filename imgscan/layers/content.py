@@ -1,0 +1,67 @@
+"""What the layer pass reads from file contents: a few small files whole, and ELF facts from every ELF.
+
+Everything else is skipped unread (or read past, for a stream). Each producer (tar, squashfs, host dir)
+calls collect_content() with a reader over the file's bytes, so the rules live in one place.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+from imgscan.elf.scan import ElfScanner
+from imgscan.layers.entry import FILE, Entry
+
+ELF_MAGIC = b"\x7fELF"
+MIN_ELF_SIZE = 52  # an ELF32 header
+CHUNK = 1 << 20
+
+# (pattern over the clean image path, the most bytes kept): small files the analysers parse.
+_CAPTURED = [
+    (r"etc/ld\.so\.cache", 64 << 20),
+    (r"etc/ld\.so\.conf(\.d/[^/]+)?", 1 << 20),
+    (r"etc/ld-musl-[^/]+\.path", 1 << 20),
+    (r"(usr/)?(etc|lib)/os-release", 1 << 20),
+    (r"etc/(debian_version|alpine-release|redhat-release|system-release)", 1 << 20),
+    # the dynamic linker itself: its built-in search path is read from it
+    (r"(usr/)?lib(64|32|x32)?(/[^/]+)?/ld-(linux[^/]*|musl-[^/]+)\.so[^/]*", 8 << 20),
+]
+_CAPTURE_RE = re.compile("|".join(f"(?:{pattern})" for pattern, _ in _CAPTURED))
+_CAPTURE_LIMITS = [(re.compile(pattern), limit) for pattern, limit in _CAPTURED]
+
+
+def capture_limit(path: str) -> int:
+    """How many bytes of path to keep whole (0: not captured)."""
+    if not _CAPTURE_RE.fullmatch(path):
+        return 0
+    return next(limit for pattern, limit in _CAPTURE_LIMITS if pattern.fullmatch(path))
+
+
+def collect_content(path: str, entry: Entry, read: Callable[[int], bytes]) -> None:
+    """Fill entry.content and/or entry.elf from the file's bytes; read(n) returns up to n next bytes."""
+    if entry.kind != FILE or entry.size < 4:
+        return
+    limit = capture_limit(path)
+    if limit and entry.size <= limit:
+        entry.content = _read_all(read, entry.size)
+        head = entry.content[:4]
+    else:
+        head = read(4)
+    if head != ELF_MAGIC or entry.size < MIN_ELF_SIZE:
+        return
+    scanner = ElfScanner(entry.size)
+    if entry.content is not None:
+        scanner.feed(entry.content)
+    else:
+        scanner.feed(head)
+        while chunk := read(CHUNK):
+            scanner.feed(chunk)
+    entry.elf = scanner.finish()
+
+
+def _read_all(read: Callable[[int], bytes], size: int) -> bytes:
+    parts = []
+    while size > 0 and (chunk := read(min(size, CHUNK))):
+        parts.append(chunk)
+        size -= len(chunk)
+    return b"".join(parts)
