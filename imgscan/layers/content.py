@@ -6,8 +6,9 @@ calls collect_content() with a reader over the file's bytes, so the rules live i
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from imgscan.elf.scan import ElfScanner
 from imgscan.layers.entry import FILE, Entry
@@ -50,13 +51,22 @@ def collect_content(path: str, entry: Entry, read: Callable[[int], bytes]) -> No
     if head != ELF_MAGIC or entry.size < MIN_ELF_SIZE:
         return
     scanner = ElfScanner(entry.size)
-    if entry.content is not None:
-        scanner.feed(entry.content)
-    else:
-        scanner.feed(head)
-        while chunk := read(CHUNK):
-            scanner.feed(chunk)
+    digest = hashlib.sha256()
+    for chunk in _chunks(entry.content, head, read):
+        scanner.feed(chunk)
+        digest.update(chunk)
     entry.elf = scanner.finish()
+    entry.sha256 = digest.hexdigest()
+
+
+def _chunks(content: bytes | None, head: bytes, read: Callable[[int], bytes]) -> Iterator[bytes]:
+    """The file's bytes: the captured content, or the head already read followed by the rest."""
+    if content is not None:
+        yield content
+        return
+    yield head
+    while chunk := read(CHUNK):
+        yield chunk
 
 
 def _read_all(read: Callable[[int], bytes], size: int) -> bytes:

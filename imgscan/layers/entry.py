@@ -42,6 +42,7 @@ class Entry:
     children: dict[str, Entry] | None = None
     content: bytes | None = None  # captured bytes of the few small files analysers read (content.py)
     elf: ElfFacts | None = None  # facts of an ELF file, read as its bytes streamed past
+    sha256: str | None = None  # of an ELF file's bytes: identifies unowned libraries in the SBOM
 
     def mode_string(self) -> str:
         """Like the first column of `ls -l`."""

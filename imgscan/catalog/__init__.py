@@ -1,0 +1,1 @@
+"""Package catalogers: one module per ecosystem, each reading the merged filesystem view."""
