@@ -104,6 +104,7 @@ def ldd_data(closures: Closures, roots: list[str]) -> dict[str, Any]:
             {
                 **_object_data(root, closure),
                 "loads": [_edge_data(e) for e in closure.loads],
+                "dlopen": [_edge_data(e) for e in closure.dlopens],
                 "objects": [_object_data(o, closure) for o in closure.objects[1:]],
             }
         )

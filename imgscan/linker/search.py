@@ -84,6 +84,7 @@ class Closure:
     objects: list[Loaded]
     edges: list[Edge]
     loads: list[Edge]  # the edge that brought each object in, in load order
+    dlopens: list[Edge]  # names found as strings in loaded objects, resolved from each one
 
 
 class Loader:
@@ -240,6 +241,13 @@ class Loader:
         self._by_realpath[realpath] = obj
         return obj
 
+    def peek(self, name: str, requester: Loaded) -> Edge:
+        """Where a dlopen(name) from requester would land now, without loading it."""
+        loaded = self._find_loaded(name)
+        if loaded is not None:
+            return Edge(name, requester.path, loaded.path, loaded.realpath, LOADED, None, loaded.entry.layer)
+        return self._search(name, requester)
+
     def resolve(self, name: str, requester: Loaded) -> tuple[Edge, Loaded | None]:
         """Resolve one NEEDED name; loads the object when it is new (returned as second item)."""
         loaded = self._find_loaded(name)
@@ -308,4 +316,10 @@ def load_closure(
                 and not any(e.rule == INTERPRETER for e in loads)
             ):
                 loads.append(replace(edge, rule=INTERPRETER))  # ldd lists the loader where it is needed
-    return Closure(root, loader.objects, edges, loads)
+    dlopens = [
+        loader.peek(name, obj)
+        for obj in loader.objects
+        for name in obj.facts.strings.get("dlopen", ())
+        if name not in obj.facts.needed and name != posixpath.basename(obj.realpath)
+    ]
+    return Closure(root, loader.objects, edges, loads, dlopens)
