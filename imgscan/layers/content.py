@@ -26,6 +26,10 @@ _CAPTURED = [
     (r"etc/(debian_version|alpine-release|redhat-release|system-release)", 1 << 20),
     # the dynamic linker itself: its built-in search path is read from it
     (r"(usr/)?lib(64|32|x32)?(/[^/]+)?/ld-(linux[^/]*|musl-[^/]+)\.so[^/]*", 8 << 20),
+    # CUDA stack evidence: torch's build facts, NVIDIA's version headers and version.json
+    (r".*/torch/version\.py", 1 << 20),
+    (r".*/include/(cudnn_version|cudnn_version_v[0-9]+|cublas_api|cuda_runtime_api|nccl)\.h", 4 << 20),
+    (r".*cuda[^/]*/version\.(json|txt)", 1 << 20),
 ]
 _CAPTURE_RE = re.compile("|".join(f"(?:{pattern})" for pattern, _ in _CAPTURED))
 _CAPTURE_LIMITS = [(re.compile(pattern), limit) for pattern, limit in _CAPTURED]
