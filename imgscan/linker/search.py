@@ -277,49 +277,78 @@ class Loader:
         return edge, self._add(edge.path, edge.realpath, entry, requester, name)
 
 
+class Process:
+    """A process being built up: the root (executable or library) and its closure, then any objects
+    dlopen'ed into it later (with their own closures), in the order ld.so would map them."""
+
+    def __init__(
+        self, fs: FileSystem, ctx: LinkerContext, root_path: str, root_entry: Entry, as_listed: bool = False
+    ) -> None:
+        """The root's $ORIGIN is the directory of its real path (the kernel's /proc/self/exe), or of the
+        path as given when as_listed (what `ld.so --list PATH` does)."""
+        assert root_entry.elf is not None
+        self.loader = Loader(fs, ctx)
+        self.edges: list[Edge] = []
+        self.loads: list[Edge] = []
+        realpath, _ = fs.resolve(root_path.lstrip("/"))
+        self.root = self.loader._add(
+            root_path if as_listed else "/" + realpath, "/" + realpath, root_entry, None, root_path
+        )
+        self._rtld = None
+        interp_path, interp = fs.resolve(ctx.interpreter.lstrip("/"))
+        if interp is not None and interp.elf is not None and "/" + interp_path != self.root.realpath:
+            self._rtld = self.loader._add(ctx.interpreter, "/" + interp_path, interp, None, ctx.interpreter)
+            if interp.elf.soname:
+                self._rtld.names.add(interp.elf.soname)
+        self._load_needed(self.root)
+
+    def _load_needed(self, first: Loaded) -> None:
+        """Breadth-first: every NEEDED of first, then of what that brought in, and so on."""
+        queue = deque([first])
+        while queue:
+            obj = queue.popleft()
+            for name in obj.facts.needed:
+                edge, new = self.loader.resolve(name, obj)
+                self.edges.append(edge)
+                if new is not None:
+                    self.loads.append(edge)
+                    queue.append(new)
+                elif edge.rule in (NOT_FOUND, HOST):
+                    self.loads.append(edge)
+                elif (
+                    self._rtld is not None
+                    and edge.realpath == self._rtld.realpath
+                    and not any(e.rule == INTERPRETER for e in self.loads)
+                ):
+                    self.loads.append(replace(edge, rule=INTERPRETER))  # ldd lists ld.so where needed
+
+    def dlopen(self, name: str, requester: Loaded, rule: str | None = None) -> Edge:
+        """dlopen(name) called from requester: found (or reused) like a NEEDED, then its closure loaded.
+        rule relabels the edge of a load made for a stated reason (torch's preload)."""
+        edge, new = self.loader.resolve(name, requester)
+        if rule is not None:
+            edge = replace(edge, rule=rule)
+        self.edges.append(edge)
+        if new is not None:
+            self.loads.append(edge)
+            self._load_needed(new)
+        return edge
+
+    def dlopen_candidates(self) -> list[Edge]:
+        """Names found as strings in loaded objects, resolved from each one without loading them."""
+        return [
+            self.loader.peek(name, obj)
+            for obj in self.loader.objects
+            for name in obj.facts.strings.get("dlopen", ())
+            if name not in obj.facts.needed and name != posixpath.basename(obj.realpath)
+        ]
+
+    def closure(self) -> Closure:
+        return Closure(self.root, self.loader.objects, self.edges, self.loads, self.dlopen_candidates())
+
+
 def load_closure(
     fs: FileSystem, root_path: str, root_entry: Entry, ctx: LinkerContext, as_listed: bool = False
 ) -> Closure:
-    """Load root_path and all it needs, breadth-first.
-
-    The root's $ORIGIN is the directory of its real path (the kernel's /proc/self/exe), or of the path as
-    given when as_listed (what `ld.so --list PATH` does).
-    """
-    assert root_entry.elf is not None
-    loader = Loader(fs, ctx)
-    realpath, _ = fs.resolve(root_path.lstrip("/"))
-    root = loader._add(
-        root_path if as_listed else "/" + realpath, "/" + realpath, root_entry, None, root_path
-    )
-    rtld = None
-    interp_path, interp = fs.resolve(ctx.interpreter.lstrip("/"))
-    if interp is not None and interp.elf is not None and "/" + interp_path != root.realpath:
-        rtld = loader._add(ctx.interpreter, "/" + interp_path, interp, None, ctx.interpreter)
-        if interp.elf.soname:
-            rtld.names.add(interp.elf.soname)
-    edges: list[Edge] = []
-    loads: list[Edge] = []
-    queue = deque([root])
-    while queue:
-        obj = queue.popleft()
-        for name in obj.facts.needed:
-            edge, new = loader.resolve(name, obj)
-            edges.append(edge)
-            if new is not None:
-                loads.append(edge)
-                queue.append(new)
-            elif edge.rule in (NOT_FOUND, HOST):
-                loads.append(edge)
-            elif (
-                rtld is not None
-                and edge.realpath == rtld.realpath
-                and not any(e.rule == INTERPRETER for e in loads)
-            ):
-                loads.append(replace(edge, rule=INTERPRETER))  # ldd lists the loader where it is needed
-    dlopens = [
-        loader.peek(name, obj)
-        for obj in loader.objects
-        for name in obj.facts.strings.get("dlopen", ())
-        if name not in obj.facts.needed and name != posixpath.basename(obj.realpath)
-    ]
-    return Closure(root, loader.objects, edges, loads, dlopens)
+    """Load root_path and all it needs, breadth-first (what `ldd` shows)."""
+    return Process(fs, ctx, root_path, root_entry, as_listed).closure()
