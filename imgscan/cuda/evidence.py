@@ -125,5 +125,5 @@ def version_of(
         *_header_evidence(fs, base_family, realpath),
         *_version_json_evidence(fs, base_family, realpath),
     ]
-    evidence.sort(key=lambda e: _RANK[e.confidence])
+    evidence = sorted({(e.source, e.version): e for e in evidence}.values(), key=lambda e: _RANK[e.confidence])
     return (evidence[0].version if evidence else None), evidence
