@@ -125,5 +125,6 @@ def version_of(
         *_header_evidence(fs, base_family, realpath),
         *_version_json_evidence(fs, base_family, realpath),
     ]
-    evidence = sorted({(e.source, e.version): e for e in evidence}.values(), key=lambda e: _RANK[e.confidence])
+    unique = {(e.source, e.version): e for e in evidence}.values()
+    evidence = sorted(unique, key=lambda e: _RANK[e.confidence])
     return (evidence[0].version if evidence else None), evidence
