@@ -5,12 +5,29 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
 import click
+from rich import box
+from rich.console import Console
+from rich.table import Table
 
 from imgscan import __version__
+from imgscan.catalog.catalog import catalog_image
+from imgscan.catalog.model import Package
+from imgscan.catalog.report import packages_data, packages_lines
+from imgscan.cuda.report import (
+    TABLE_HEADER,
+    CudaReport,
+    cuda_report,
+    markdown,
+    report_data,
+    table_rows,
+    worst_severity,
+)
+from imgscan.cuda.stack import SEVERITIES
 from imgscan.errors import ImgscanError
 from imgscan.layers.index import Limits
 from imgscan.layers.scan import MergedImage, scan_image
@@ -166,6 +183,137 @@ def ldd(
         lines = ldd_lines(closures, roots)
         _warn(closures.warnings)
         click.echo("\n".join(lines))
+
+
+def _fail_on_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--fail-on",
+        type=click.Choice(list(SEVERITIES)),
+        default=None,
+        help="Exit 1 when a finding reaches this severity (errors still exit 2).",
+    )(f)
+
+
+def _console() -> Console:
+    """Rich output; in a pipe or CI log, wide enough that paths are not cut."""
+    return Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+
+
+def _render_cuda(report: CudaReport, console: Console) -> None:
+    if not report.torch:
+        console.print("No torch install found in the image.")
+    for t in report.torch:
+        how = (
+            f"as loaded by {t['interpreter']}" if t["interpreter"] else "each library alone (no interpreter)"
+        )
+        console.print(f"torch {t['version']} (CUDA {t['cuda']}) at {t['path']}, resolved {how}")
+    if report.libraries:
+        table = Table(*TABLE_HEADER, box=box.SIMPLE_HEAD, show_edge=False)
+        for row in table_rows(report):
+            table.add_row(*row)
+        console.print(table)
+    for f in report.findings:
+        colour = {"error": "red", "warning": "yellow", "info": "cyan"}[f.severity]
+        console.print(
+            f"[{colour}]{f.severity:<7}[/{colour}] {f.id}: {f.message}", highlight=False, markup=True
+        )
+
+
+def _exit_for(report: CudaReport, fail_on: str | None) -> None:
+    worst = worst_severity(report)
+    if fail_on and worst and SEVERITIES.index(worst) >= SEVERITIES.index(fail_on):
+        sys.exit(1)
+
+
+def _cuda_for(
+    merged: MergedImage, packages: list[Package], env_overrides: tuple[str, ...], hwcaps: str
+) -> CudaReport:
+    config = merged.image.container_config
+    env = [*(config.get("Env") or []), *env_overrides]
+    return cuda_report(merged.fs, packages, env, hwcaps, config.get("WorkingDir") or "/")
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--markdown", "as_markdown", is_flag=True, help="A markdown report (PR comments, release notes)."
+)
+@click.option("--env", "env_overrides", multiple=True, metavar="KEY=VAL", help="Override the image's Env.")
+@click.option(
+    "--hwcaps",
+    type=click.Choice(["v2", "v3", "v4"]),
+    default=DEFAULT_HWCAPS,
+    show_default=True,
+    help="x86-64 level assumed for glibc-hwcaps subdirectories.",
+)
+@_fail_on_option
+@_image_options
+def cuda(
+    ref: str,
+    as_json: bool,
+    as_markdown: bool,
+    env_overrides: tuple[str, ...],
+    hwcaps: str,
+    fail_on: str | None,
+    **opts: Any,
+) -> None:
+    """Which cuDNN, cuBLAS, NCCL and cudart torch loads in REF: versions, evidence and findings."""
+    merged = scan_image(open_image(ref, opts["platform"]), _limits(opts))
+    _warn(merged.warnings)
+    _, packages, catalog_warnings = catalog_image(merged.fs)
+    _warn(catalog_warnings)
+    report = _cuda_for(merged, packages, env_overrides, hwcaps)
+    if as_json:
+        _emit_json(
+            {"reference": merged.image.reference, "digest": merged.image.digest, **report_data(report)}
+        )
+    elif as_markdown:
+        click.echo(markdown(report))
+    else:
+        _render_cuda(report, _console())
+    _exit_for(report, fail_on)
+
+
+@cli.command()
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@_image_options
+def packages(ref: str, as_json: bool, **opts: Any) -> None:
+    """Installed packages (deb, apk, rpm, python, conda) with the files they own, and the OS."""
+    merged = scan_image(open_image(ref, opts["platform"]), _limits(opts))
+    os_release, found, catalog_warnings = catalog_image(merged.fs)
+    _warn(merged.warnings + catalog_warnings)
+    data = packages_data(os_release, found)
+    if as_json:
+        _emit_json({"reference": merged.image.reference, "digest": merged.image.digest, **data})
+    else:
+        click.echo("\n".join(packages_lines(data)))
+
+
+@cli.command()
+@click.argument("ref")
+@_fail_on_option
+@_image_options
+def scan(ref: str, fail_on: str | None, **opts: Any) -> None:
+    """The everyday check: what REF is, what it holds, and what torch really loads in it."""
+    merged = scan_image(open_image(ref, opts["platform"]), _limits(opts))
+    _warn(merged.warnings)
+    os_release, packages, catalog_warnings = catalog_image(merged.fs)
+    _warn(catalog_warnings)
+    report = _cuda_for(merged, packages, (), DEFAULT_HWCAPS)
+    console = _console()
+    image = merged.image
+    console.print(f"{image.reference}")
+    console.print(
+        f"  platform {image.platform}, {len(image.layers)} layer(s), "
+        f"OS {os_release.pretty_name if os_release and os_release.pretty_name else 'unknown'}"
+    )
+    counts = Counter(p.ecosystem for p in packages)
+    console.print("  packages: " + (", ".join(f"{n} {eco}" for eco, n in sorted(counts.items())) or "none"))
+    console.print()
+    _render_cuda(report, console)
+    _exit_for(report, fail_on)
 
 
 def main() -> None:

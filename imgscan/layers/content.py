@@ -30,6 +30,20 @@ _CAPTURED = [
     (r".*/torch/version\.py", 1 << 20),
     (r".*/include/(cudnn_version|cudnn_version_v[0-9]+|cublas_api|cuda_runtime_api|nccl)\.h", 4 << 20),
     (r".*cuda[^/]*/version\.(json|txt)", 1 << 20),
+    # package databases (imgscan/catalog): dpkg status, distroless status.d, file lists, copyright files
+    (r"var/lib/dpkg/status", 64 << 20),
+    (r"var/lib/dpkg/(status\.d/[^/]+|info/[^/]+\.list)", 16 << 20),
+    (r"usr/share/doc/[^/]+/copyright", 1 << 20),
+    (r"lib/apk/db/installed", 64 << 20),
+    (r"(var/lib|usr/share|usr/lib/sysimage)/rpm/rpmdb\.sqlite", 128 << 20),
+    # python metadata and file lists anywhere (system, venvs, conda envs, /opt): one `.*` keeps it cheap
+    # (a distutils egg-info can be a single file)
+    (
+        r".*((dist|DIST)-(info|INFO)/(METADATA|RECORD)|(egg|EGG)-(info|INFO)/(PKG-INFO|installed-files\.txt)"
+        r"|\.egg-info)",
+        32 << 20,
+    ),
+    (r"(.*/)?conda-meta/[^/]+\.json", 64 << 20),
 ]
 _CAPTURE_RE = re.compile("|".join(f"(?:{pattern})" for pattern, _ in _CAPTURED))
 _CAPTURE_LIMITS = [(re.compile(pattern), limit) for pattern, limit in _CAPTURED]
