@@ -16,7 +16,6 @@ from rich.table import Table
 
 from imgscan import __version__
 from imgscan.catalog.catalog import catalog_image
-from imgscan.catalog.model import Package
 from imgscan.catalog.report import packages_data, packages_lines
 from imgscan.cuda.report import (
     TABLE_HEADER,
@@ -31,8 +30,8 @@ from imgscan.cuda.stack import SEVERITIES
 from imgscan.errors import ImgscanError
 from imgscan.layers.index import Limits
 from imgscan.layers.scan import MergedImage, scan_image
-from imgscan.linker.context import DEFAULT_HWCAPS
-from imgscan.linker.report import Closures, LddOptions, elf_objects, ldd_data, ldd_lines
+from imgscan.linker.context import DEFAULT_HWCAPS, Cpu, RunSettings
+from imgscan.linker.report import Closures, elf_objects, ldd_data, ldd_lines
 from imgscan.sources.refs import DEFAULT_PLATFORM, open_image
 from imgscan.views import entry_data, entry_line, inspect_data, inspect_lines, list_entries
 
@@ -130,51 +129,60 @@ def ls_command(ref: str, path: str, as_json: bool, recursive: bool, **opts: Any)
             click.echo(entry_line(p, e))
 
 
+def _run_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """How the container would run: Env overrides and the CPU ld.so would see (the image can't say)."""
+    f = click.option(
+        "--env",
+        "env_overrides",
+        multiple=True,
+        metavar="KEY=VAL",
+        help="Override the image config's Env (e.g. LD_LIBRARY_PATH=...); repeatable.",
+    )(f)
+    f = click.option(
+        "--hwcaps",
+        type=click.Choice(["v2", "v3", "v4"]),
+        default=DEFAULT_HWCAPS,
+        show_default=True,
+        help="x86-64 level assumed for glibc-hwcaps subdirectories.",
+    )(f)
+    f = click.option(
+        "--cpu-platform",
+        type=click.Choice(["haswell", "xeon_phi", "x86_64"]),
+        default=None,
+        help="glibc's platform name ($PLATFORM, legacy hwcap dirs): haswell on Intel v3+ "
+        "(default at v3/v4), x86_64 on AMD.",
+    )(f)
+    return f
+
+
+def _settings(merged: MergedImage, opts: dict[str, Any]) -> RunSettings:
+    for item in opts["env_overrides"]:
+        if "=" not in item:
+            raise click.BadParameter(f"{item!r} is not KEY=VAL", param_hint="--env")
+    config = merged.image.container_config
+    return RunSettings(
+        env=[*(config.get("Env") or []), *opts["env_overrides"]],
+        cpu=Cpu(opts["hwcaps"], opts["cpu_platform"]),
+        working_dir=config.get("WorkingDir") or "/",
+        user=config.get("User") or "",
+    )
+
+
 @cli.command()
 @click.argument("ref")
 @click.argument("paths", nargs=-1)
 @click.option("--all", "all_objects", is_flag=True, help="Every dynamically linked ELF file in the image.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option(
-    "--env",
-    "env_overrides",
-    multiple=True,
-    metavar="KEY=VAL",
-    help="Override the image config's Env (e.g. LD_LIBRARY_PATH=...); repeatable.",
-)
-@click.option(
-    "--hwcaps",
-    type=click.Choice(["v2", "v3", "v4"]),
-    default=DEFAULT_HWCAPS,
-    show_default=True,
-    help="x86-64 level assumed for glibc-hwcaps subdirectories (the host CPU decides at run time).",
-)
+@_run_options
 @_image_options
-def ldd(
-    ref: str,
-    paths: tuple[str, ...],
-    all_objects: bool,
-    as_json: bool,
-    env_overrides: tuple[str, ...],
-    hwcaps: str,
-    **opts: Any,
-) -> None:
+def ldd(ref: str, paths: tuple[str, ...], all_objects: bool, as_json: bool, **opts: Any) -> None:
     """Resolve shared-object dependencies of PATHS (or --all) inside REF, as glibc's ld.so would."""
     if not paths and not all_objects:
         raise click.UsageError("give one or more PATHs in the image, or --all")
-    for item in env_overrides:
-        if "=" not in item:
-            raise click.BadParameter(f"{item!r} is not KEY=VAL", param_hint="--env")
     merged = scan_image(open_image(ref, opts["platform"]), _limits(opts))
     _warn(merged.warnings)
-    config = merged.image.container_config
-    options = LddOptions(
-        env=[*(config.get("Env") or []), *env_overrides],
-        hwcaps=hwcaps,
-        working_dir=config.get("WorkingDir") or "/",
-    )
     roots = elf_objects(merged.fs) if all_objects else list(paths)
-    closures = Closures(merged.fs, options)
+    closures = Closures(merged.fs, _settings(merged, opts))
     if as_json:
         data = ldd_data(closures, roots)
         _warn(closures.warnings)
@@ -225,45 +233,22 @@ def _exit_for(report: CudaReport, fail_on: str | None) -> None:
         sys.exit(1)
 
 
-def _cuda_for(
-    merged: MergedImage, packages: list[Package], env_overrides: tuple[str, ...], hwcaps: str
-) -> CudaReport:
-    config = merged.image.container_config
-    env = [*(config.get("Env") or []), *env_overrides]
-    return cuda_report(merged.fs, packages, env, hwcaps, config.get("WorkingDir") or "/")
-
-
 @cli.command()
 @click.argument("ref")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
     "--markdown", "as_markdown", is_flag=True, help="A markdown report (PR comments, release notes)."
 )
-@click.option("--env", "env_overrides", multiple=True, metavar="KEY=VAL", help="Override the image's Env.")
-@click.option(
-    "--hwcaps",
-    type=click.Choice(["v2", "v3", "v4"]),
-    default=DEFAULT_HWCAPS,
-    show_default=True,
-    help="x86-64 level assumed for glibc-hwcaps subdirectories.",
-)
+@_run_options
 @_fail_on_option
 @_image_options
-def cuda(
-    ref: str,
-    as_json: bool,
-    as_markdown: bool,
-    env_overrides: tuple[str, ...],
-    hwcaps: str,
-    fail_on: str | None,
-    **opts: Any,
-) -> None:
+def cuda(ref: str, as_json: bool, as_markdown: bool, fail_on: str | None, **opts: Any) -> None:
     """Which cuDNN, cuBLAS, NCCL and cudart torch loads in REF: versions, evidence and findings."""
     merged = scan_image(open_image(ref, opts["platform"]), _limits(opts))
     _warn(merged.warnings)
     _, packages, catalog_warnings = catalog_image(merged.fs)
     _warn(catalog_warnings)
-    report = _cuda_for(merged, packages, env_overrides, hwcaps)
+    report = cuda_report(merged.fs, packages, _settings(merged, opts))
     if as_json:
         _emit_json(
             {"reference": merged.image.reference, "digest": merged.image.digest, **report_data(report)}
@@ -294,6 +279,7 @@ def packages(ref: str, as_json: bool, **opts: Any) -> None:
 @cli.command()
 @click.argument("ref")
 @_fail_on_option
+@_run_options
 @_image_options
 def scan(ref: str, fail_on: str | None, **opts: Any) -> None:
     """The everyday check: what REF is, what it holds, and what torch really loads in it."""
@@ -301,7 +287,7 @@ def scan(ref: str, fail_on: str | None, **opts: Any) -> None:
     _warn(merged.warnings)
     os_release, packages, catalog_warnings = catalog_image(merged.fs)
     _warn(catalog_warnings)
-    report = _cuda_for(merged, packages, (), DEFAULT_HWCAPS)
+    report = cuda_report(merged.fs, packages, _settings(merged, opts))
     console = _console()
     image = merged.image
     console.print(f"{image.reference}")

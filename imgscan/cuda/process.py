@@ -18,7 +18,7 @@ from imgscan.cuda.torch import TorchInstall
 from imgscan.errors import ImgscanError
 from imgscan.layers.entry import DIR, FILE, HARDLINK
 from imgscan.layers.fsview import FileSystem
-from imgscan.linker.context import LinkerContext, build_context
+from imgscan.linker.context import LinkerContext, RunSettings, build_context
 from imgscan.linker.search import NOT_FOUND, Edge, Process
 
 PRELOAD = "torch-preload"
@@ -87,21 +87,19 @@ def _preload_candidates(fs: FileSystem, site_dir: str, missing: set[str]) -> lis
     return found
 
 
-def torch_process(
-    fs: FileSystem, install: TorchInstall, env: list[str], hwcaps: str, working_dir: str
-) -> TorchProcess:
+def torch_process(fs: FileSystem, install: TorchInstall, settings: RunSettings) -> TorchProcess:
     python = interpreter_for(fs, install.site_dir)
     if python is None:
         processes = []
         for path in _torch_libraries(fs, install):
             entry = fs.lookup(path.lstrip("/"))
             assert entry is not None and entry.elf is not None
-            ctx = build_context(fs, entry.elf, env, hwcaps, working_dir)
+            ctx = build_context(fs, entry.elf, settings)
             processes.append(Process(fs, ctx, path, entry, as_listed=True))
         return TorchProcess(install, None, processes, [])
     entry = fs.lookup(python.lstrip("/"))
     assert entry is not None and entry.elf is not None
-    ctx: LinkerContext = build_context(fs, entry.elf, env, hwcaps, working_dir)
+    ctx: LinkerContext = build_context(fs, entry.elf, settings)
     process = Process(fs, ctx, python, entry)
     preloaded: list[Edge] = []
     global_deps = f"{install.torch_dir}/lib/libtorch_global_deps.so"

@@ -22,7 +22,7 @@ from imgscan.cuda.stack import (
 from imgscan.cuda.torch import find_torch
 from imgscan.layers.entry import FILE, HARDLINK
 from imgscan.layers.fsview import FileSystem
-from imgscan.linker.context import build_context
+from imgscan.linker.context import RunSettings, build_context
 from imgscan.linker.search import Process
 
 _TORCH_LINKED = re.compile(r"lib(torch|c10)[\w-]*\.so|libcudart\.so(\.\d+)*")
@@ -54,9 +54,7 @@ def _extension_findings(
     fs: FileSystem,
     tp: TorchProcess,
     libraries: list[CudaLibrary],
-    env: list[str],
-    hwcaps: str,
-    working_dir: str,
+    settings: RunSettings,
 ) -> tuple[list[dict[str, Any]], list[Finding]]:
     """Each extension loaded on its own (as `ld.so --list` does): a CUDA library it would take from another
     copy than torch's process means the import order decides which one a program gets."""
@@ -65,9 +63,7 @@ def _extension_findings(
     for path in _extensions(fs, tp):
         entry = fs.lookup(path.lstrip("/"))
         assert entry is not None and entry.elf is not None
-        closure = Process(
-            fs, build_context(fs, entry.elf, env, hwcaps, working_dir), path, entry, as_listed=True
-        ).closure()
+        closure = Process(fs, build_context(fs, entry.elf, settings), path, entry, as_listed=True).closure()
         cuda = [e for e in closure.loads if family_of(e.name)]
         rows.append(
             {"path": path, "loads": [{"name": e.name, "realpath": e.realpath, "rule": e.rule} for e in cuda]}
@@ -87,14 +83,12 @@ def _extension_findings(
     return rows, findings
 
 
-def cuda_report(
-    fs: FileSystem, packages: list[Package], env: list[str], hwcaps: str, working_dir: str = "/"
-) -> CudaReport:
+def cuda_report(fs: FileSystem, packages: list[Package], settings: RunSettings) -> CudaReport:
     report = CudaReport()
     owners = owner_index(fs, packages)
     copies = copies_by_soname(fs)
     for install in find_torch(fs):
-        tp = torch_process(fs, install, env, hwcaps, working_dir)
+        tp = torch_process(fs, install, settings)
         libraries = libraries_of(fs, tp, owners, copies)
         report.torch.append(
             {
@@ -107,7 +101,7 @@ def cuda_report(
                 "resolution": "python-process" if tp.interpreter else "each-library-alone",
             }
         )
-        rows, ext_findings = _extension_findings(fs, tp, libraries, env, hwcaps, working_dir)
+        rows, ext_findings = _extension_findings(fs, tp, libraries, settings)
         report.extensions += rows
         report.libraries += libraries
         report.findings += findings_for(tp, libraries) + ext_findings
@@ -147,7 +141,7 @@ def table_rows(report: CudaReport) -> list[list[str]]:
                 lib.name,
                 lib.version or "?",
                 lib.realpath or "NOT FOUND",
-                lib.rule + (f" ({lib.via})" if lib.via else ""),
+                lib.rule,
                 f"L{lib.layer}" if lib.layer is not None else "-",
                 f"{evidence.source} ({evidence.confidence})" if evidence else "-",
                 str(len(lib.shadowed) or ""),

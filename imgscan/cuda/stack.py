@@ -7,6 +7,8 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+
 from imgscan.catalog.model import Package
 from imgscan.cuda.evidence import Evidence, version_of
 from imgscan.cuda.families import families_of_dist, family_of
@@ -148,10 +150,13 @@ def _library(
     )
 
 
-def _pin_matches(version: str, pin: str) -> bool:
-    if pin.endswith(".*"):
-        return version == pin[:-2] or version.startswith(pin[:-1])
-    return version == pin
+def pin_matches(version: str, pin: str) -> bool:
+    """pin is an exact version ('9.24.0.43', '13.1.1.3.*') or a specifier ('<14,>=13.0.88')."""
+    spec = pin if pin[:1] in "<>=!~" else f"=={pin}"
+    try:
+        return SpecifierSet(spec).contains(version, prereleases=True)
+    except InvalidSpecifier:
+        return True  # an unreadable pin is not evidence of a mismatch
 
 
 def findings_for(tp: TorchProcess, libraries: list[CudaLibrary]) -> list[Finding]:
@@ -164,13 +169,18 @@ def findings_for(tp: TorchProcess, libraries: list[CudaLibrary]) -> list[Finding
     for lib in libraries:
         base = "cudnn" if lib.name.startswith("cudnn") else lib.name
         pinned = pins_by_family.get(base)
-        if pinned and lib.version and not _pin_matches(lib.version, pinned[1]):
+        if (
+            pinned
+            and lib.version
+            and not lib.name.startswith("cudnn_")
+            and not pin_matches(lib.version, pinned[1])
+        ):
             out.append(
                 Finding(
                     "cuda.pin-mismatch",
                     ERROR,
                     f"{lib.soname}: loaded {lib.version} from {lib.realpath}, torch "
-                    f"{install.version} pins {pinned[0]}=={pinned[1]}",
+                    f"{install.version} pins {pinned[0]} {pinned[1]}",
                     [lib.realpath or lib.soname],
                 )
             )

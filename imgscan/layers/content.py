@@ -24,6 +24,7 @@ _CAPTURED = [
     (r"etc/ld-musl-[^/]+\.path", 1 << 20),
     (r"(usr/)?(etc|lib)/os-release", 1 << 20),
     (r"etc/(debian_version|alpine-release|redhat-release|system-release)", 1 << 20),
+    (r"etc/(passwd|group)", 4 << 20),  # the config's User by name: setuid programs' secure mode
     # the dynamic linker itself: its built-in search path is read from it
     (r"(usr/)?lib(64|32|x32)?(/[^/]+)?/ld-(linux[^/]*|musl-[^/]+)\.so[^/]*", 8 << 20),
     # CUDA stack evidence: torch's build facts, NVIDIA's version headers and version.json

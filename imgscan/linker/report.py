@@ -2,25 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from imgscan.elf.facts import ElfFacts
 from imgscan.errors import ImgscanError
 from imgscan.layers.entry import FILE, HARDLINK
 from imgscan.layers.fsview import FileSystem
-from imgscan.linker.context import LinkerContext, build_context, env_value
+from imgscan.linker.context import LinkerContext, RunSettings, build_context, env_value
 from imgscan.linker.search import LOADED, Closure, Edge, Loaded, load_closure
 
 _MACHINES = {3: "i386", 62: "x86_64", 183: "aarch64", 21: "ppc64", 22: "s390x", 40: "arm", 243: "riscv"}
 _TYPES = {1: "REL", 2: "EXEC", 3: "DYN", 4: "CORE"}
-
-
-@dataclass(frozen=True)
-class LddOptions:
-    env: list[str]  # the image's Env with --env overrides appended
-    hwcaps: str
-    working_dir: str = "/"
 
 
 def elf_objects(fs: FileSystem) -> list[str]:
@@ -71,9 +63,9 @@ def _object_data(obj: Loaded, closure: Closure) -> dict[str, Any]:
 class Closures:
     """Loads root objects in one image; the loader context is built once per kind of process."""
 
-    def __init__(self, fs: FileSystem, options: LddOptions) -> None:
+    def __init__(self, fs: FileSystem, settings: RunSettings) -> None:
         self.fs = fs
-        self.options = options
+        self.settings = settings
         self._contexts: dict[tuple[str | None, int, int], LinkerContext] = {}
         self.warnings: list[str] = []
 
@@ -87,9 +79,7 @@ class Closures:
             raise ImgscanError(f"{path}: not a dynamic executable")
         key = (entry.elf.interpreter, entry.elf.machine, entry.elf.elf_class)
         if key not in self._contexts:
-            ctx = build_context(
-                self.fs, entry.elf, self.options.env, self.options.hwcaps, self.options.working_dir
-            )
+            ctx = build_context(self.fs, entry.elf, self.settings)
             self.warnings += [w for w in ctx.warnings if w not in self.warnings]
             self._contexts[key] = ctx
         return load_closure(self.fs, path, entry, self._contexts[key])
@@ -108,9 +98,10 @@ def ldd_data(closures: Closures, roots: list[str]) -> dict[str, Any]:
                 "objects": [_object_data(o, closure) for o in closure.objects[1:]],
             }
         )
-    llp = env_value(closures.options.env, "LD_LIBRARY_PATH")
+    llp = env_value(closures.settings.env, "LD_LIBRARY_PATH")
     return {
-        "hwcaps": f"x86-64-{closures.options.hwcaps}",
+        "hwcaps": f"x86-64-{closures.settings.cpu.level}",
+        "platform": closures.settings.cpu.platform_name(),
         "ld_library_path": llp.split(":") if llp else [],
         "objects": objects,
     }

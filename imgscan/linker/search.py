@@ -95,6 +95,7 @@ class Loader:
         self.ctx = ctx
         self.objects: list[Loaded] = []
         self._by_realpath: dict[str, Loaded] = {}
+        self._subdirs = [*(f"glibc-hwcaps/{h}" for h in ctx.hwcaps), *ctx.legacy_subdirs, ""]
 
     # ---- candidates -------------------------------------------------------------------------------
     def _candidate(self, path: str, requester: ElfFacts) -> tuple[str, Entry] | None:
@@ -121,7 +122,7 @@ class Loader:
     def _in_dirs(self, name: str, dirs: list[str], requester: ElfFacts) -> tuple[str, str, Entry] | None:
         for directory in dirs:
             base = directory.rstrip("/") if len(directory) > 1 else directory
-            for sub in [*(f"glibc-hwcaps/{h}" for h in self.ctx.hwcaps), ""]:
+            for sub in self._subdirs:
                 prefix = f"{base}/{sub}" if sub else base
                 path = f"{prefix}/{name}" if prefix not in ("", "/") else f"{prefix.rstrip('/')}/{name}"
                 found = self._candidate(path, requester)
@@ -197,8 +198,15 @@ class Loader:
         return Edge(name, requester.path, None, None, rule)
 
     def _secure(self) -> bool:
-        """A setuid/setgid executable runs in secure mode: LD_LIBRARY_PATH is ignored."""
-        return bool(self.objects[0].entry.mode & 0o6000) and self.objects[0].facts.interpreter is not None
+        """Secure mode (LD_LIBRARY_PATH ignored): an executable whose setuid owner or setgid group is not
+        the process's own user or group (a setuid-root program run as root is not secure)."""
+        root = self.objects[0]
+        if root.facts.interpreter is None:
+            return False
+        mode, entry = root.entry.mode, root.entry
+        return bool(
+            (mode & 0o4000 and entry.uid != self.ctx.uid) or (mode & 0o2000 and entry.gid != self.ctx.gid)
+        )
 
     def _from_cache(self, name: str, requester: ElfFacts) -> tuple[str, str, Entry] | None:
         """ld.so.cache lookup: the best glibc-hwcaps entry we assume supported, else the first plain one."""
@@ -217,8 +225,8 @@ class Loader:
         if best is None:
             return None
         path = best[1]
-        if requester.nodeflib and posixpath.dirname(path) in self.ctx.system_dirs:
-            return None  # NODEFLIB: a cached library from a system directory is not used
+        if requester.nodeflib and any(path.startswith(d.rstrip("/") + "/") for d in self.ctx.system_dirs):
+            return None  # NODEFLIB: a cached path under a system directory (a prefix match) is not used
         found = self._candidate(path, requester)
         return (path, *found) if found is not None else None  # a stale entry falls through
 
@@ -282,15 +290,23 @@ class Process:
     dlopen'ed into it later (with their own closures), in the order ld.so would map them."""
 
     def __init__(
-        self, fs: FileSystem, ctx: LinkerContext, root_path: str, root_entry: Entry, as_listed: bool = False
+        self,
+        fs: FileSystem,
+        ctx: LinkerContext,
+        root_path: str,
+        root_entry: Entry,
+        as_listed: bool | None = None,
     ) -> None:
-        """The root's $ORIGIN is the directory of its real path (the kernel's /proc/self/exe), or of the
-        path as given when as_listed (what `ld.so --list PATH` does)."""
+        """The root's $ORIGIN: for an executable, the directory of its real path (the kernel's
+        /proc/self/exe); for a library, or when as_listed, the directory of the path as given (what
+        dlopen(path) and `ld.so --list PATH` do)."""
         assert root_entry.elf is not None
         self.loader = Loader(fs, ctx)
         self.edges: list[Edge] = []
         self.loads: list[Edge] = []
         realpath, _ = fs.resolve(root_path.lstrip("/"))
+        if as_listed is None:
+            as_listed = root_entry.elf.interpreter is None
         self.root = self.loader._add(
             root_path if as_listed else "/" + realpath, "/" + realpath, root_entry, None, root_path
         )
@@ -348,7 +364,7 @@ class Process:
 
 
 def load_closure(
-    fs: FileSystem, root_path: str, root_entry: Entry, ctx: LinkerContext, as_listed: bool = False
+    fs: FileSystem, root_path: str, root_entry: Entry, ctx: LinkerContext, as_listed: bool | None = None
 ) -> Closure:
     """Load root_path and all it needs, breadth-first (what `ldd` shows)."""
     return Process(fs, ctx, root_path, root_entry, as_listed).closure()
