@@ -10,6 +10,7 @@ from imgscan.layers.fsview import FileSystem
 from imgscan.layers.hostdir import index_hostdir
 from imgscan.layers.index import LayerIndex, Limits
 from imgscan.layers.merge import merge
+from imgscan.layers.squashfs import index_squashfs
 from imgscan.layers.tarstream import index_tar
 from imgscan.sources.image import HOSTDIR, SQUASHFS, TAR, Image, LayerRef
 
@@ -26,8 +27,6 @@ def index_layer(ref: LayerRef, limits: Limits) -> LayerIndex:
         with ref.region.open() as raw:
             return index_tar(raw, ref.index, limits, ref.digest, ref.diff_id, layer_label(ref))
     if ref.format == SQUASHFS:
-        from imgscan.layers.squashfs import index_squashfs
-
         assert ref.region is not None
         return index_squashfs(ref.region, ref.index, limits)
     if ref.format == HOSTDIR:

@@ -10,6 +10,7 @@ from imgscan.sources.blobs import DirFiles, TarFiles
 from imgscan.sources.docker_archive import read_docker_archive
 from imgscan.sources.image import HOSTDIR, Image, LayerRef
 from imgscan.sources.oci import read_oci_layout
+from imgscan.sources.sif import open_sif
 
 SIF_MAGIC_OFFSET = 32
 SIF_MAGIC = b"SIF_MAGIC"
@@ -104,13 +105,13 @@ def open_image(text: str, platform: str = DEFAULT_PLATFORM) -> Image:
 
 
 def _open(ref: Reference, platform: str) -> Image:
+    """Every transport here reads a local directory (oci-dir, dir) or file (the rest)."""
     location = os.path.abspath(ref.path)
-    if ref.transport in ("oci-dir", "dir", "oci-archive", "docker-archive", "singularity"):
-        want_dir = ref.transport in ("oci-dir", "dir")
-        if want_dir and not os.path.isdir(ref.path):
+    if ref.transport in ("oci-dir", "dir"):
+        if not os.path.isdir(ref.path):
             raise ImgscanError(f"{ref.path}: no such directory")
-        if not want_dir and not os.path.isfile(ref.path):
-            raise ImgscanError(f"{ref.path}: no such file")
+    elif not os.path.isfile(ref.path):
+        raise ImgscanError(f"{ref.path}: no such file")
     if ref.transport == "oci-dir":
         return read_oci_layout(DirFiles(ref.path), ref.selector, platform, "oci-dir", location)
     if ref.transport == "oci-archive":
@@ -118,7 +119,5 @@ def _open(ref: Reference, platform: str) -> Image:
     if ref.transport == "docker-archive":
         return read_docker_archive(TarFiles(ref.path), ref.selector, location)
     if ref.transport == "singularity":
-        from imgscan.sources.sif import open_sif
-
         return open_sif(ref.path, f"singularity:{location}")
     return _host_dir_image(ref.path)
