@@ -16,6 +16,7 @@ from rich.table import Table
 
 from imgscan import __version__
 from imgscan.catalog.catalog import catalog_image
+from imgscan.catalog.model import OsRelease, Package
 from imgscan.catalog.report import packages_data, packages_lines
 from imgscan.cuda.report import (
     TABLE_HEADER,
@@ -32,6 +33,8 @@ from imgscan.layers.index import Limits
 from imgscan.layers.scan import MergedImage, scan_image
 from imgscan.linker.context import DEFAULT_HWCAPS, Cpu, RunSettings
 from imgscan.linker.report import Closures, elf_objects, ldd_data, ldd_lines
+from imgscan.sbom.build import build_sbom
+from imgscan.sbom.output import DEFAULT_SPEC_VERSION, FORMATS, SPEC_VERSIONS, render, write_atomic
 from imgscan.sources.refs import DEFAULT_PLATFORM, open_image
 from imgscan.views import entry_data, entry_line, inspect_data, inspect_lines, list_entries
 
@@ -276,8 +279,70 @@ def packages(ref: str, as_json: bool, **opts: Any) -> None:
         click.echo("\n".join(packages_lines(data)))
 
 
+def _write_sbom(
+    merged: MergedImage,
+    os_release: OsRelease | None,
+    packages: list[Package],
+    report: CudaReport,
+    opts: dict[str, Any],
+    fmt: str = "cyclonedx-json",
+    spec_version: str = DEFAULT_SPEC_VERSION,
+    timestamp: bool = False,
+) -> None:
+    """Build the SBOM of an analysed image and write it to opts['output'] (atomically) or stdout."""
+    closures = Closures(merged.fs, _settings(merged, opts))
+    document = build_sbom(merged, os_release, packages, report, closures)
+    _warn(closures.warnings)
+    text = render(document, fmt, spec_version, timestamp)
+    if opts["output"] is None:
+        click.echo(text, nl=False)
+    else:
+        write_atomic(opts["output"], text)
+
+
+def _output_option(help_text: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option("-o", "--output", metavar="FILE", type=click.Path(dir_okay=False), help=help_text)
+
+
 @cli.command()
 @click.argument("ref")
+@_output_option("Write the SBOM to FILE instead of stdout (atomically).")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(FORMATS),
+    default="cyclonedx-json",
+    show_default=True,
+    help="SBOM format.",
+)
+@click.option(
+    "--spec-version",
+    type=click.Choice(SPEC_VERSIONS),
+    default=None,
+    help=f"CycloneDX specification version [default: {DEFAULT_SPEC_VERSION}]; SPDX output is always 2.3.",
+)
+@click.option(
+    "--timestamp", is_flag=True, help="Record the creation time (the output then differs run to run)."
+)
+@_run_options
+@_image_options
+def sbom(ref: str, fmt: str, spec_version: str | None, timestamp: bool, **opts: Any) -> None:
+    """An SBOM of REF: the image, its OS, packages, every ELF object with its links, and the CUDA stack."""
+    if spec_version and fmt == "spdx-json":
+        raise click.UsageError("--spec-version applies to CycloneDX; spdx-json is SPDX 2.3")
+    merged = scan_image(open_image(ref, opts["platform"]), _limits(opts))
+    _warn(merged.warnings)
+    os_release, packages, catalog_warnings = catalog_image(merged.fs)
+    _warn(catalog_warnings)
+    report = cuda_report(merged.fs, packages, _settings(merged, opts))
+    _write_sbom(
+        merged, os_release, packages, report, opts, fmt, spec_version or DEFAULT_SPEC_VERSION, timestamp
+    )
+
+
+@cli.command()
+@click.argument("ref")
+@_output_option("Also write the CycloneDX JSON SBOM (the same facts as the table) to FILE.")
 @_fail_on_option
 @_run_options
 @_image_options
@@ -299,6 +364,8 @@ def scan(ref: str, fail_on: str | None, **opts: Any) -> None:
     console.print("  packages: " + (", ".join(f"{n} {eco}" for eco, n in sorted(counts.items())) or "none"))
     console.print()
     _render_cuda(report, console)
+    if opts["output"] is not None:
+        _write_sbom(merged, os_release, packages, report, opts)
     _exit_for(report, fail_on)
 
 

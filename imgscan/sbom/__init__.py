@@ -1,0 +1,1 @@
+"""SBOMs of an image: the facts collected once (model, build), written as CycloneDX or SPDX, read back."""

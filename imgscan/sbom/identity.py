@@ -1,0 +1,98 @@
+"""Who the image is: its name, digest and purl, from its tags or, failing that, the name of its file.
+
+purl types: an OCI layout or archive is pkg:oci (version = manifest digest, name = last path component,
+lowercase; repository_url only when a tag names a registry). A docker-archive has no manifest digest, only
+the image ID (config digest), which is what pkg:docker's version means. A SIF or a directory has no
+registry identity at all: no purl, and the SIF keeps its file sha256 as the hash.
+"""
+
+from __future__ import annotations
+
+import posixpath
+
+from packageurl import PackageURL
+
+from imgscan.sbom.model import NS, ImageInfo
+from imgscan.sources.image import Image
+
+_EXTENSIONS = (".sif", ".tar", ".oci")
+
+
+def _split(reference: str) -> tuple[str, str | None]:
+    """'registry:5000/ns/app:tag@sha256:...' -> ('registry:5000/ns/app', 'tag')."""
+    text = reference.split("@", 1)[0]
+    colon = text.rfind(":")
+    if colon > text.rfind("/"):
+        return text[:colon], text[colon + 1 :] or None
+    return text, None
+
+
+def _has_registry(repository: str) -> bool:
+    """Docker's rule: a first component with '.' or ':' (or 'localhost') is a registry host."""
+    first, slash, _ = repository.partition("/")
+    return bool(slash) and ("." in first or ":" in first or first == "localhost")
+
+
+def _named_tag(tags: list[str]) -> tuple[str | None, str | None]:
+    """(repository, tag) from the first tag that is a reference; an OCI ref.name without '/' or ':' is only
+    a tag ('v4', 'latest'), not a name."""
+    plain = None
+    for tag in sorted(tags):
+        if "/" in tag or ":" in tag:
+            return _split(tag)
+        plain = plain or tag
+    return None, plain
+
+
+def _location_name(image: Image) -> str:
+    """The file or directory name of the image: 'demo' for singularity:/x/demo.sif."""
+    location = image.reference.removeprefix(image.transport + ":").split("@sha256:", 1)[0]
+    base = posixpath.basename(location.rstrip("/")) or "image"
+    for ext in _EXTENSIONS:
+        base = base.removesuffix(ext)
+    return base
+
+
+def _purl(image: Image, repository: str | None, name: str, tag: str | None) -> str | None:
+    if image.digest is None or image.transport not in ("oci-dir", "oci-archive", "docker-archive"):
+        return None
+    repository = repository or name
+    registry = _has_registry(repository)
+    if image.transport == "docker-archive":  # pkg:docker/NAMESPACE/NAME, the registry host as qualifier
+        host, _, path = repository.partition("/") if registry else ("", "", repository)
+        namespace, _, last = path.rpartition("/")
+        qualifiers = {"repository_url": host, "tag": tag}
+        kind = "docker"
+    else:  # pkg:oci/NAME, the whole repository as qualifier
+        namespace, last = "", repository.rpartition("/")[2]
+        arch = image.platform.split("/")[1] if image.platform.count("/") else ""
+        qualifiers = {"repository_url": repository if registry else "", "tag": tag, "arch": arch}
+        kind = "oci"
+    return PackageURL(
+        type=kind,
+        namespace=namespace or None,
+        name=last.lower(),
+        version=image.digest,
+        qualifiers={k: v for k, v in qualifiers.items() if v and v != "unknown"},
+    ).to_string()
+
+
+def image_info(image: Image) -> ImageInfo:
+    """The image's identity and the facts about it that hold no host path (platform, tags, labels)."""
+    repository, tag = _named_tag(image.tags)
+    name = repository or _location_name(image)
+    purl = _purl(image, repository, name, tag)
+    labels = image.container_config.get("Labels") or {}
+    properties = [
+        (NS + "platform", image.platform),
+        (NS + "source", image.transport),
+        *((NS + "tag", t) for t in sorted(image.tags)),
+        *((f"{NS}label:{k}", str(v)) for k, v in sorted(labels.items())),
+    ]
+    return ImageInfo(
+        ref=purl or f"image:{name}",
+        name=name,
+        digest=image.digest,
+        purl=purl,
+        properties=properties,
+    )
