@@ -16,6 +16,7 @@ import posixpath
 import re
 from collections import deque
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 from imgscan.elf.facts import ElfFacts
 from imgscan.errors import ImgscanError
@@ -84,7 +85,13 @@ class Closure:
     objects: list[Loaded]
     edges: list[Edge]
     loads: list[Edge]  # the edge that brought each object in, in load order
-    dlopens: list[Edge]  # names found as strings in loaded objects, resolved from each one
+    process: Process
+
+    @cached_property
+    def dlopens(self) -> list[Edge]:
+        """Names found as strings in loaded objects, resolved from each one (computed when asked: most
+        callers need only the NEEDED closure)."""
+        return self.process.dlopen_candidates()
 
 
 class Loader:
@@ -360,7 +367,7 @@ class Process:
         ]
 
     def closure(self) -> Closure:
-        return Closure(self.root, self.loader.objects, self.edges, self.loads, self.dlopen_candidates())
+        return Closure(self.root, self.loader.objects, self.edges, self.loads, self)
 
 
 def load_closure(
