@@ -23,7 +23,7 @@ from imgscan.errors import ImgscanError
 from imgscan.layers.content import collect_content
 from imgscan.layers.entry import BLOCK, CHAR, DIR, FIFO, FILE, HARDLINK, SYMLINK, Entry
 from imgscan.layers.index import LayerIndex, LayerIndexBuilder, Limits
-from imgscan.sources.image import BlobRegion
+from imgscan.sources.image import BlobRegion, SizedView
 
 MAGIC = 0x73717368
 _SUPER = struct.Struct("<IIIIIHHHHHHQQQQQQQQ")
@@ -360,28 +360,14 @@ class Squashfs:
         return start, stored
 
 
-class _FileReader(io.RawIOBase):
+class _FileReader(SizedView):
     """Random access to one file: block i lives at starts[i]; the tail may sit in a shared fragment."""
 
     def __init__(self, fs: Squashfs, inode: Inode) -> None:
+        super().__init__(inode.size)
         self._fs = fs
         self._ino = inode
         self._sizes, self._starts = fs.block_list(inode)
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._ino.size}[whence]
-        self._pos = max(0, base + pos)
-        return self._pos
 
     def readinto(self, buf: Any) -> int:
         size, bs = self._ino.size, self._fs.block_size

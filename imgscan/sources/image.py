@@ -29,15 +29,12 @@ class BlobRegion:
         return RegionReader(f, self.offset, self.size)
 
 
-class RegionReader(io.RawIOBase):
-    """A bounded, seekable view of part of a file (no copy, no extraction)."""
+class SizedView(io.RawIOBase):
+    """A read-only, seekable stream of known size; subclasses supply readinto from self._pos."""
 
-    def __init__(self, f: BinaryIO, offset: int, size: int) -> None:
-        self._f = f
-        self._start = offset
+    def __init__(self, size: int) -> None:
         self._size = size
         self._pos = 0
-        f.seek(offset)
 
     def readable(self) -> bool:
         return True
@@ -52,6 +49,16 @@ class RegionReader(io.RawIOBase):
         base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self._size}[whence]
         self._pos = max(0, base + pos)
         return self._pos
+
+
+class RegionReader(SizedView):
+    """A bounded, seekable view of part of a file (no copy, no extraction)."""
+
+    def __init__(self, f: BinaryIO, offset: int, size: int) -> None:
+        super().__init__(size)
+        self._f = f
+        self._start = offset
+        f.seek(offset)
 
     def readinto(self, buf: Any) -> int:
         n = min(len(buf), self._size - self._pos)
