@@ -28,7 +28,13 @@ from imgscan.cuda.report import (
     worst_severity,
 )
 from imgscan.cuda.stack import SEVERITIES
+from imgscan.diff.compare import FAIL_ON, diff_summaries, fails
+from imgscan.diff.files import diff_files
+from imgscan.diff.render import markdown as diff_markdown
+from imgscan.diff.render import print_table
+from imgscan.diff.sides import image_side, is_sbom_file, sbom_side, shared_layers
 from imgscan.errors import ImgscanError
+from imgscan.layers.cache import LayerCache
 from imgscan.layers.index import Limits
 from imgscan.layers.scan import MergedImage, scan_image
 from imgscan.linker.context import DEFAULT_HWCAPS, Cpu, RunSettings
@@ -63,6 +69,15 @@ def _image_options(f: Callable[..., Any]) -> Callable[..., Any]:
         help="Refuse a layer whose uncompressed tar is larger.",
     )(f)
     f = click.option(
+        "--layer-cache",
+        metavar="DIR",
+        envvar="IMGSCAN_LAYER_CACHE",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Keep layer indexes in DIR, by diff_id, and reuse them (env IMGSCAN_LAYER_CACHE; off: "
+        "nothing is stored).",
+    )(f)
+    f = click.option(
         "--max-ratio",
         type=int,
         default=defaults.max_inflate_ratio,
@@ -78,6 +93,16 @@ def _limits(opts: dict[str, Any]) -> Limits:
         max_layer_bytes=opts["max_layer_bytes"],
         max_inflate_ratio=opts["max_ratio"],
     )
+
+
+def _layer_cache(opts: dict[str, Any], shared: frozenset[str] = frozenset()) -> LayerCache | None:
+    if not opts["layer_cache"] and not shared:
+        return None
+    return LayerCache(opts["layer_cache"] or None, shared)
+
+
+def _scan(ref: str, opts: dict[str, Any]) -> MergedImage:
+    return scan_image(open_image(ref, opts["platform"]), _limits(opts), _layer_cache(opts))
 
 
 def _warn(lines: list[str]) -> None:
@@ -116,7 +141,7 @@ def inspect(ref: str, as_json: bool, **opts: Any) -> None:
 @_image_options
 def ls_command(ref: str, path: str, as_json: bool, recursive: bool, **opts: Any) -> None:
     """List PATH in the merged image like `ls -l`, each entry with the layer it came from."""
-    merged: MergedImage = scan_image(open_image(ref, opts["platform"]), _limits(opts))
+    merged: MergedImage = _scan(ref, opts)
     _warn(merged.warnings)
     entries = list_entries(merged.fs, path, recursive)
     if as_json:
@@ -182,7 +207,7 @@ def ldd(ref: str, paths: tuple[str, ...], all_objects: bool, as_json: bool, **op
     """Resolve shared-object dependencies of PATHS (or --all) inside REF, as glibc's ld.so would."""
     if not paths and not all_objects:
         raise click.UsageError("give one or more PATHs in the image, or --all")
-    merged = scan_image(open_image(ref, opts["platform"]), _limits(opts))
+    merged = _scan(ref, opts)
     _warn(merged.warnings)
     roots = elf_objects(merged.fs) if all_objects else list(paths)
     closures = Closures(merged.fs, _settings(merged, opts))
@@ -247,7 +272,7 @@ def _exit_for(report: CudaReport, fail_on: str | None) -> None:
 @_image_options
 def cuda(ref: str, as_json: bool, as_markdown: bool, fail_on: str | None, **opts: Any) -> None:
     """Which cuDNN, cuBLAS, NCCL and cudart torch loads in REF: versions, evidence and findings."""
-    merged = scan_image(open_image(ref, opts["platform"]), _limits(opts))
+    merged = _scan(ref, opts)
     _warn(merged.warnings)
     _, packages, catalog_warnings = catalog_image(merged.fs)
     _warn(catalog_warnings)
@@ -269,7 +294,7 @@ def cuda(ref: str, as_json: bool, as_markdown: bool, fail_on: str | None, **opts
 @_image_options
 def packages(ref: str, as_json: bool, **opts: Any) -> None:
     """Installed packages (deb, apk, rpm, python, conda) with the files they own, and the OS."""
-    merged = scan_image(open_image(ref, opts["platform"]), _limits(opts))
+    merged = _scan(ref, opts)
     os_release, found, catalog_warnings = catalog_image(merged.fs)
     _warn(merged.warnings + catalog_warnings)
     data = packages_data(os_release, found)
@@ -330,7 +355,7 @@ def sbom(ref: str, fmt: str, spec_version: str | None, timestamp: bool, **opts: 
     """An SBOM of REF: the image, its OS, packages, every ELF object with its links, and the CUDA stack."""
     if spec_version and fmt == "spdx-json":
         raise click.UsageError("--spec-version applies to CycloneDX; spdx-json is SPDX 2.3")
-    merged = scan_image(open_image(ref, opts["platform"]), _limits(opts))
+    merged = _scan(ref, opts)
     _warn(merged.warnings)
     os_release, packages, catalog_warnings = catalog_image(merged.fs)
     _warn(catalog_warnings)
@@ -348,7 +373,7 @@ def sbom(ref: str, fmt: str, spec_version: str | None, timestamp: bool, **opts: 
 @_image_options
 def scan(ref: str, fail_on: str | None, **opts: Any) -> None:
     """The everyday check: what REF is, what it holds, and what torch really loads in it."""
-    merged = scan_image(open_image(ref, opts["platform"]), _limits(opts))
+    merged = _scan(ref, opts)
     _warn(merged.warnings)
     os_release, packages, catalog_warnings = catalog_image(merged.fs)
     _warn(catalog_warnings)
@@ -367,6 +392,60 @@ def scan(ref: str, fail_on: str | None, **opts: Any) -> None:
     if opts["output"] is not None:
         _write_sbom(merged, os_release, packages, report, opts)
     _exit_for(report, fail_on)
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (schema: docs/diff.md).")
+@click.option("--markdown", "as_markdown", is_flag=True, help="A markdown report (PR comments).")
+@click.option("--files", "with_files", is_flag=True, help="Also compare every path (both sides images).")
+@click.option(
+    "--fail-on",
+    type=click.Choice(FAIL_ON),
+    default=None,
+    help="Exit 1 when a CUDA library or torch changed, a package was downgraded, a finding is new, or "
+    "anything changed.",
+)
+@_run_options
+@_image_options
+def diff(
+    a: str, b: str, as_json: bool, as_markdown: bool, with_files: bool, fail_on: str | None, **opts: Any
+) -> None:
+    """What changed from A to B that matters: image config, CUDA stack, linkage, findings, packages.
+
+    A and B are each an image reference or a CycloneDX JSON SBOM file (imgscan's, or another tool's for a
+    package-level diff)."""
+    images = {arg: open_image(arg, opts["platform"]) for arg in (a, b) if not is_sbom_file(arg)}
+    if with_files and len(images) < 2:
+        raise click.UsageError("--files needs both sides to be images")
+    cache = _layer_cache(opts, shared_layers(list(images.values())))
+    sides = []
+    for arg in (a, b):
+        if arg not in images:
+            sides.append(sbom_side(arg))
+            continue
+        merged = scan_image(images[arg], _limits(opts), cache)
+        _warn(merged.warnings)
+        side, warnings = image_side(merged, _settings(merged, opts))
+        _warn(warnings)
+        sides.append(side)
+    result = {
+        "a": sides[0].source,
+        "b": sides[1].source,
+        **diff_summaries(sides[0].summary, sides[1].summary),
+    }
+    if with_files:
+        assert sides[0].merged is not None and sides[1].merged is not None
+        result["files"] = diff_files(sides[0].merged.fs, sides[1].merged.fs)
+    if as_json:
+        _emit_json(result)
+    elif as_markdown:
+        click.echo(diff_markdown(result), nl=False)
+    else:
+        print_table(result, _console())
+    if fail_on and fails(result, fail_on):
+        sys.exit(1)
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
+from imgscan.layers.cache import LayerCache
 from imgscan.layers.fsview import FileSystem
 from imgscan.layers.hostdir import index_hostdir
 from imgscan.layers.index import LayerIndex, Limits
@@ -49,14 +50,29 @@ def _workers(n_layers: int) -> int:
     return max(1, min(n_layers, os.cpu_count() or 1))
 
 
-def scan_image(image: Image, limits: Limits) -> MergedImage:
-    """Index all layers (one process per core, lowest layers first) and merge them in order."""
-    workers = _workers(len(image.layers))
+def _cached(ref: LayerRef, limits: Limits, cache: LayerCache | None) -> LayerIndex | None:
+    """A tar layer the config names by diff_id may come from the cache; nothing else can."""
+    if cache is None or ref.format != TAR or ref.diff_id is None:
+        return None
+    return cache.get(ref.diff_id, ref.index, limits)
+
+
+def scan_image(image: Image, limits: Limits, cache: LayerCache | None = None) -> MergedImage:
+    """Index all layers (cached ones from cache, the rest one process per core, lowest layers first) and
+    merge them in order."""
+    found = {ref.index: index for ref in image.layers if (index := _cached(ref, limits, cache)) is not None}
+    todo = [ref for ref in image.layers if ref.index not in found]
+    workers = _workers(len(todo))
     if workers == 1:
-        indexes = [index_layer(ref, limits) for ref in image.layers]
+        read = [index_layer(ref, limits) for ref in todo]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            indexes = list(pool.map(index_layer, image.layers, [limits] * len(image.layers)))
+            read = list(pool.map(index_layer, todo, [limits] * len(todo)))
+    for ref, index in zip(todo, read, strict=True):
+        if cache is not None and ref.format == TAR:
+            cache.put(index)  # before merge(), which changes the indexes it applies
+        found[ref.index] = index
+    indexes = [found[ref.index] for ref in image.layers]
     fs, merge_warnings = merge(indexes)
     warnings = [f"layer {ix.layer}: {w}" for ix in indexes for w in ix.warnings] + merge_warnings
     return MergedImage(image, indexes, fs, warnings)

@@ -8,6 +8,7 @@ package metadata (Depends, Requires-Dist) and the linker say is needed. Mixing t
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections import Counter
 
@@ -20,7 +21,7 @@ from imgscan.cuda.stack import owner_index
 from imgscan.layers.scan import MergedImage
 from imgscan.linker.report import Closures
 from imgscan.sbom.identity import image_info
-from imgscan.sbom.libraries import library_items
+from imgscan.sbom.libraries import cuda_rule, library_items
 from imgscan.sbom.model import NS, OS, PACKAGE, Item, Sbom
 
 
@@ -87,11 +88,18 @@ def _os_item(os: OsRelease) -> Item:
 
 
 def _image_properties(report: CudaReport) -> list[tuple[str, str]]:
-    """The facts `scan` prints besides the components: torch installs and the findings."""
+    """The facts `scan` prints besides the components: torch installs and the findings; and, as JSON for
+    `imgscan diff`, each torch install with its pins and each CUDA library torch loads (a missing one too,
+    which has no component)."""
     props = [(NS + "finding", f"{f.severity} {f.id}: {f.message}") for f in report.findings]
     for t in report.torch:
         how = f"loaded by {t['interpreter']}" if t["interpreter"] else "each library alone (no interpreter)"
         props.append((NS + "torch", f"{t['version']} (CUDA {t['cuda']}) at {t['path']}, resolved as {how}"))
+        install = {k: t[k] for k in ("path", "version", "cuda", "pins")}
+        props.append((NS + "torch-install", json.dumps(install, sort_keys=True)))
+    for lib in report.libraries:
+        row = {"name": lib.name, "version": lib.version, "path": lib.realpath, "rule": cuda_rule(lib)}
+        props.append((NS + "cuda-library", json.dumps(row, sort_keys=True)))
     return sorted(set(props))
 
 

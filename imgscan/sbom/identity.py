@@ -8,12 +8,13 @@ registry identity at all: no purl, and the SIF keeps its file sha256 as the hash
 
 from __future__ import annotations
 
+import json
 import posixpath
 
 from packageurl import PackageURL
 
 from imgscan.sbom.model import NS, ImageInfo
-from imgscan.sources.image import Image
+from imgscan.sources.image import Image, LayerRef
 
 _EXTENSIONS = (".sif", ".tar", ".oci")
 
@@ -77,17 +78,28 @@ def _purl(image: Image, repository: str | None, name: str, tag: str | None) -> s
     ).to_string()
 
 
+def _layer_value(ref: LayerRef) -> str:
+    """'INDEX DIGEST DIFF_ID' ('-' for what the source lacks): properties are sorted, so the index keeps
+    the order."""
+    return f"{ref.index} {ref.digest or '-'} {ref.diff_id or '-'}"
+
+
 def image_info(image: Image) -> ImageInfo:
-    """The image's identity and the facts about it that hold no host path (platform, tags, labels)."""
+    """The image's identity and the facts about it that hold no host path (platform, tags, labels, Env,
+    Entrypoint/Cmd as JSON, layers): what `imgscan diff` compares between two SBOMs."""
     repository, tag = _named_tag(image.tags)
     name = repository or _location_name(image)
     purl = _purl(image, repository, name, tag)
-    labels = image.container_config.get("Labels") or {}
+    config = image.container_config
+    labels = config.get("Labels") or {}
     properties = [
         (NS + "platform", image.platform),
         (NS + "source", image.transport),
         *((NS + "tag", t) for t in sorted(image.tags)),
         *((f"{NS}label:{k}", str(v)) for k, v in sorted(labels.items())),
+        *((NS + "env", str(e)) for e in config.get("Env") or []),
+        *((NS + key.lower(), json.dumps(config[key])) for key in ("Entrypoint", "Cmd") if config.get(key)),
+        *((NS + "image-layer", _layer_value(ref)) for ref in image.layers),
     ]
     return ImageInfo(
         ref=purl or f"image:{name}",

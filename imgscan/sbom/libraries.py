@@ -31,12 +31,17 @@ def _needed(edge: Edge) -> str:
     return f"{edge.name} => {where} [{edge.rule}{f' of {edge.via}' if edge.via else ''}]"
 
 
+def cuda_rule(lib: CudaLibrary) -> str:
+    """The rule torch's process loads a CUDA library by, with the object whose rpath it was."""
+    return lib.rule + (f" of {lib.via}" if lib.via else "")
+
+
 def _cuda_properties(lib: CudaLibrary) -> list[tuple[str, str]]:
     """The CUDA table's row: family, version and its evidence, the rule torch's process loads it by, and
     the copies it shadows."""
     props = [
         (NS + "cuda-family", lib.name),
-        (NS + "cuda-rule", lib.rule + (f" of {lib.via}" if lib.via else "")),
+        (NS + "cuda-rule", cuda_rule(lib)),
     ]
     if lib.version:
         props.append((NS + "version", lib.version))

@@ -67,15 +67,22 @@ def _tools(metadata: dict[str, Any]) -> list[str]:
     return sorted(" ".join(filter(None, (t.get("name"), t.get("version")))) for t in tools)
 
 
-def _load(path: str) -> dict[str, Any]:
+def load_json(path: str) -> Any:
     try:
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            return json.load(f)
     except OSError as e:
         raise ImgscanError(f"{path}: cannot read: {e.strerror or e}") from None
     except ValueError as e:
         raise ImgscanError(f"{path}: not JSON: {e}") from None
-    if not isinstance(data, dict) or data.get("bomFormat") != "CycloneDX":
+
+
+def is_cyclonedx(data: Any) -> bool:
+    return isinstance(data, dict) and data.get("bomFormat") == "CycloneDX"
+
+
+def _check(data: Any, path: str) -> dict[str, Any]:
+    if not is_cyclonedx(data):
         raise ImgscanError(f"{path}: not a CycloneDX JSON document")
     if data.get("specVersion") not in SPEC_VERSIONS:
         raise ImgscanError(
@@ -84,11 +91,56 @@ def _load(path: str) -> dict[str, Any]:
     return data
 
 
+def _needed(values: list[str]) -> dict[str, str]:
+    """imgscan:needed 'NAME => WHERE [RULE]' -> {NAME: 'WHERE [RULE]'}."""
+    return dict(sorted(v.split(" => ", 1) for v in values if " => " in v))
+
+
+def _json_values(props: dict[str, list[str]], name: str) -> list[Any]:
+    out = []
+    for value in props.get(NS + name, []):
+        try:
+            out.append(json.loads(value))
+        except ValueError:
+            continue
+    return out
+
+
+def _config(props: dict[str, list[str]]) -> dict[str, Any]:
+    """The image's runtime config and layers, from imgscan's image properties (empty for other tools)."""
+    layers = []
+    for value in props.get(NS + "image-layer", []):
+        index, digest, diff_id = ([*value.split(" "), "-", "-"])[:3]
+        if index.isdigit():
+            layers.append((int(index), {"digest": _dash(digest), "diff_id": _dash(diff_id)}))
+    entry, cmd = (_json_values(props, key) for key in ("entrypoint", "cmd"))
+    return {
+        "platform": _first(props, "platform"),
+        "env": dict(e.split("=", 1) if "=" in e else (e, "") for e in props.get(NS + "env", [])),
+        "entrypoint": entry[0] if entry else None,
+        "cmd": cmd[0] if cmd else None,
+        "labels": {
+            k.removeprefix(NS + "label:"): v[-1] for k, v in props.items() if k.startswith(NS + "label:")
+        },
+        "layers": [layer for _, layer in sorted(layers, key=lambda pair: pair[0])],
+    }
+
+
+def _dash(value: str) -> str | None:
+    return None if value == "-" else value
+
+
 def read_cyclonedx_json(path: str) -> dict[str, Any]:
-    """{spec_version, tools, image, os, packages, libraries, findings}; lists sorted, so two summaries
-    compare with ==. libraries (imgscan's only): path, name, version, cuda_family, sha256, layer, owner (the
-    owning package's purl) and links (paths its DT_NEEDED resolved to)."""
-    data = _load(path)
+    """The summary of a CycloneDX JSON file (see summarize)."""
+    return summarize(_check(load_json(path), path))
+
+
+def summarize(data: dict[str, Any]) -> dict[str, Any]:
+    """{spec_version, tools, image, config, os, packages, libraries, torch, cuda, findings}; lists sorted, so
+    two summaries compare with ==. libraries (imgscan's only): path, name, version, cuda_family, sha256,
+    layer, owner (the owning package's purl), links (paths its DT_NEEDED resolved to) and needed (each
+    DT_NEEDED name -> 'WHERE [RULE]'). config: platform, env, entrypoint, cmd, labels, layers. torch: each
+    install's path, version, cuda, pins; cuda: each library torch loads (name, version, path, rule)."""
     metadata = data.get("metadata") or {}
     image = metadata.get("component")
     os_info, packages, libraries = None, [], {}
@@ -107,6 +159,7 @@ def read_cyclonedx_json(path: str) -> dict[str, Any]:
                 "sha256": _sha256(component),
                 "layer": _first(props, "layer"),
                 "owner": parent.get("purl") if parent else None,
+                "needed": _needed(props.get(NS + "needed", [])),
             }
         elif component.get("purl"):
             packages.append(
@@ -124,6 +177,8 @@ def read_cyclonedx_json(path: str) -> dict[str, Any]:
         if library is not None:
             targets = (libraries.get(ref) for ref in dependency.get("dependsOn") or [])
             library["links"] = sorted(t["path"] for t in targets if t is not None)
+    image_props = _props(image) if isinstance(image, dict) else {}
+    metadata_props = _props(metadata)
     return {
         "spec_version": data["specVersion"],
         "tools": _tools(metadata),
@@ -140,5 +195,8 @@ def read_cyclonedx_json(path: str) -> dict[str, Any]:
         "libraries": sorted(
             ({"links": [], **lib} for lib in libraries.values()), key=lambda lib: lib["path"]
         ),
-        "findings": sorted(_props(metadata).get(NS + "finding", [])),
+        "config": _config(image_props),
+        "torch": sorted(_json_values(metadata_props, "torch-install"), key=lambda t: str(t.get("path"))),
+        "cuda": sorted(_json_values(metadata_props, "cuda-library"), key=lambda c: str(c.get("name"))),
+        "findings": sorted(metadata_props.get(NS + "finding", [])),
     }
