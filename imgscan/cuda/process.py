@@ -19,7 +19,7 @@ from imgscan.errors import ImgscanError
 from imgscan.layers.entry import DIR, FILE, HARDLINK
 from imgscan.layers.fsview import FileSystem
 from imgscan.linker.context import LinkerContext, RunSettings, build_context
-from imgscan.linker.search import NOT_FOUND, Edge, Process
+from imgscan.linker.search import LOADED, NOT_FOUND, Edge, Process
 
 PRELOAD = "torch-preload"
 _SITE = re.compile(r"^(?P<prefix>.*)/lib/python(?P<ver>\d+\.\d+)/(site|dist)-packages$")
@@ -116,4 +116,18 @@ def torch_process(fs: FileSystem, install: TorchInstall, settings: RunSettings) 
     for path in _torch_libraries(fs, install):
         if posixpath.basename(path).startswith("_C"):
             process.dlopen(path, process.root)
+    _dlopen_torch_own(process, install)
     return TorchProcess(install, python, [process], preloaded)
+
+
+def _dlopen_torch_own(process: Process, install: TorchInstall) -> None:
+    """torch's libraries dlopen others of torch/lib on first use (libtorch_cuda -> libtorch_cuda_linalg,
+    which needs cuSOLVER): load those, from the object that holds the name, so their CUDA needs count."""
+    torch_lib = f"{install.torch_dir}/lib/"
+    for obj in list(process.loader.objects):
+        if not obj.realpath.startswith(torch_lib):
+            continue
+        for name in obj.facts.strings.get("dlopen", ()):
+            edge = process.loader.peek(name, obj)
+            if edge.realpath and edge.realpath.startswith(torch_lib) and edge.rule != LOADED:
+                process.dlopen(name, obj)
