@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,27 @@ from tests import imagebuild
 
 BUILD_TIMES: dict[str, float] = {}
 TOOLS = ("umoci", "skopeo", "buildah", "tar")
+
+
+def _dev_null_is_device() -> bool:
+    try:
+        return stat.S_ISCHR(os.lstat("/dev/null").st_mode)
+    except OSError:
+        return False
+
+
+@pytest.fixture(autouse=True, scope="module")
+def host_dev_null_intact(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The tests build and chroot into root filesystems as root: a tool that escapes its root could delete
+    the host's /dev/null (seen once while these tests ran). Fail the module that did it, and repair it so
+    the rest of the run (and the machine) are not affected."""
+    yield
+    if not _dev_null_is_device() and os.geteuid() == 0:
+        if os.path.lexists("/dev/null"):
+            os.unlink("/dev/null")
+        os.mknod("/dev/null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        os.chmod("/dev/null", 0o666)
+        pytest.fail(f"{request.module.__name__} replaced the host's /dev/null (repaired)", pytrace=False)
 
 
 def _require_tools(*extra: str) -> None:
