@@ -70,6 +70,26 @@ def build_image() -> str:
     return f"oci-dir:{layout}:torch"
 
 
+def single_image_layout(ref: str) -> Path:
+    """A layout holding only ref's image (blobs hard-linked, nothing copied): the benchmark layout may also
+    hold bench_diff.py's second image, and syft's oci-dir reads only single-image layouts."""
+    layout, tag = ref.removeprefix("oci-dir:").rsplit(":", 1)
+    single = CACHE / f"single-{tag}"
+    shutil.rmtree(single, ignore_errors=True)
+    (single / "blobs" / "sha256").mkdir(parents=True)
+    for blob in (Path(layout) / "blobs" / "sha256").iterdir():
+        os.link(blob, single / "blobs" / "sha256" / blob.name)
+    index = json.loads((Path(layout) / "index.json").read_text())
+    index["manifests"] = [
+        m
+        for m in index["manifests"]
+        if (m.get("annotations") or {}).get("org.opencontainers.image.ref.name") == tag
+    ]
+    (single / "index.json").write_text(json.dumps(index))
+    shutil.copy(Path(layout) / "oci-layout", single / "oci-layout")
+    return single
+
+
 def layer_blobs(ref: str) -> list[Path]:
     out = subprocess.run(
         [sys.executable, "-m", "imgscan", "inspect", ref, "--json"],
@@ -111,8 +131,8 @@ def main() -> None:
     }
     floor = zlib_decompress_seconds(blobs)
     if shutil.which("syft"):
-        layout_ref = ref.rsplit(":", 1)[0]  # syft's oci-dir: takes the layout's only image, no tag
-        runs["syft (packages, json)"] = measure(["syft", "-q", layout_ref, "-o", "json"], env=syft_env)
+        syft_ref = f"oci-dir:{single_image_layout(ref)}"  # syft's oci-dir takes a layout's only image
+        runs["syft (packages, json)"] = measure(["syft", "-q", syft_ref, "-o", "json"], env=syft_env)
     print(
         f"image: {ref}  layers: {len(blobs)}  compressed: {compressed / 2**20:.0f} MiB  "
         f"cores: {os.cpu_count()}"
