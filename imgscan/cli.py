@@ -42,6 +42,7 @@ from imgscan.linker.report import Closures, elf_objects, ldd_data, ldd_lines
 from imgscan.sbom.build import build_sbom
 from imgscan.sbom.output import DEFAULT_SPEC_VERSION, FORMATS, SPEC_VERSIONS, render, write_atomic
 from imgscan.sources.refs import DEFAULT_PLATFORM, open_image
+from imgscan.sources.registry import INSECURE_ENV
 from imgscan.views import entry_data, entry_line, inspect_data, inspect_lines, list_entries
 
 
@@ -53,6 +54,13 @@ def _image_options(f: Callable[..., Any]) -> Callable[..., Any]:
         default=DEFAULT_PLATFORM,
         show_default=True,
         help="Image to pick from a multi-platform index (os/arch[/variant]).",
+    )(f)
+    f = click.option(
+        "--insecure",
+        is_flag=True,
+        expose_value=False,
+        callback=lambda _ctx, _param, value: os.environ.__setitem__(INSECURE_ENV, "1") if value else None,
+        help="registry: sources over plain http (env IMGSCAN_INSECURE_REGISTRY=1).",
     )(f)
     f = click.option(
         "--max-entries",

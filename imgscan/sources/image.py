@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from imgscan.errors import ImgscanError
 
@@ -76,6 +76,14 @@ class RegionReader(SizedView):
         super().close()
 
 
+class BlobLocation(Protocol):
+    """Any picklable place a blob can be streamed from (a registry blob: sources.registry.RemoteBlob)."""
+
+    size: int
+
+    def open(self) -> BinaryIO: ...
+
+
 @dataclass
 class LayerRef:
     """One layer as its source describes it. format is TAR, SQUASHFS or HOSTDIR.
@@ -90,7 +98,7 @@ class LayerRef:
     digest: str | None = None
     diff_id: str | None = None
     size: int | None = None
-    region: BlobRegion | None = None
+    region: BlobRegion | BlobLocation | None = None  # squashfs layers: a BlobRegion
     host_dir: str | None = None
 
 

@@ -10,6 +10,7 @@ from imgscan.sources.blobs import DirFiles, TarFiles
 from imgscan.sources.docker_archive import read_docker_archive
 from imgscan.sources.image import HOSTDIR, Image, LayerRef
 from imgscan.sources.oci import read_oci_layout
+from imgscan.sources.registry import open_registry
 from imgscan.sources.sif import open_sif
 
 SIF_MAGIC_OFFSET = 32
@@ -22,6 +23,7 @@ TRANSPORTS = {
     "singularity": "singularity",
     "sif": "singularity",
     "dir": "dir",
+    "registry": "registry",
 }
 DEFAULT_PLATFORM = "linux/amd64"
 
@@ -49,6 +51,8 @@ def _split_location(rest: str) -> tuple[str, str | None]:
 
 def parse_reference(text: str) -> Reference:
     scheme, sep, rest = text.partition(":")
+    if scheme == "registry" and sep:
+        return Reference("registry", rest, None)  # HOST[:PORT]/REPO[:TAG|@digest], parsed by sources.registry
     if sep and scheme in TRANSPORTS and not os.path.exists(text):
         path, selector = _split_location(rest)
         return Reference(TRANSPORTS[scheme], path, selector)
@@ -106,6 +110,8 @@ def open_image(text: str, platform: str = DEFAULT_PLATFORM) -> Image:
 
 def _open(ref: Reference, platform: str) -> Image:
     """Every transport here reads a local directory (oci-dir, dir) or file (the rest)."""
+    if ref.transport == "registry":
+        return open_registry(ref.path, platform)
     location = os.path.abspath(ref.path)
     if ref.transport in ("oci-dir", "dir"):
         if not os.path.isdir(ref.path):
