@@ -41,8 +41,8 @@ from imgscan.linker.context import DEFAULT_HWCAPS, Cpu, RunSettings
 from imgscan.linker.report import Closures, elf_objects, ldd_data, ldd_lines
 from imgscan.sbom.build import build_sbom
 from imgscan.sbom.output import DEFAULT_SPEC_VERSION, FORMATS, SPEC_VERSIONS, render, write_atomic
-from imgscan.sources.refs import DEFAULT_PLATFORM, open_image
-from imgscan.sources.registry import INSECURE_ENV
+from imgscan.sources.image import Image
+from imgscan.sources.refs import DEFAULT_PLATFORM, SourceOptions, open_image
 from imgscan.views import entry_data, entry_line, inspect_data, inspect_lines, list_entries
 
 
@@ -58,9 +58,9 @@ def _image_options(f: Callable[..., Any]) -> Callable[..., Any]:
     f = click.option(
         "--insecure",
         is_flag=True,
-        expose_value=False,
-        callback=lambda _ctx, _param, value: os.environ.__setitem__(INSECURE_ENV, "1") if value else None,
-        help="registry: sources over plain http (env IMGSCAN_INSECURE_REGISTRY=1).",
+        envvar="IMGSCAN_INSECURE_REGISTRY",
+        help="registry: sources over plain http, for loopback and test registries (env "
+        "IMGSCAN_INSECURE_REGISTRY=1).",
     )(f)
     f = click.option(
         "--max-entries",
@@ -109,8 +109,12 @@ def _layer_cache(opts: dict[str, Any], shared: frozenset[str] = frozenset()) -> 
     return LayerCache(opts["layer_cache"] or None, shared)
 
 
+def _open(ref: str, opts: dict[str, Any]) -> Image:
+    return open_image(ref, SourceOptions(opts["platform"], opts["insecure"], _limits(opts)))
+
+
 def _scan(ref: str, opts: dict[str, Any]) -> MergedImage:
-    return scan_image(open_image(ref, opts["platform"]), _limits(opts), _layer_cache(opts))
+    return scan_image(_open(ref, opts), _limits(opts), _layer_cache(opts))
 
 
 def _warn(lines: list[str]) -> None:
@@ -134,7 +138,7 @@ def cli() -> None:
 @_image_options
 def inspect(ref: str, as_json: bool, **opts: Any) -> None:
     """Show what REF resolves to: digest, platform, layers, config and history (layers are not read)."""
-    data = inspect_data(open_image(ref, opts["platform"]))
+    data = inspect_data(_open(ref, opts))
     if as_json:
         _emit_json(data)
     else:
@@ -424,7 +428,7 @@ def diff(
 
     A and B are each an image reference or a CycloneDX JSON SBOM file (imgscan's, or another tool's for a
     package-level diff)."""
-    images = {arg: open_image(arg, opts["platform"]) for arg in (a, b) if not is_sbom_file(arg)}
+    images = {arg: _open(arg, opts) for arg in (a, b) if not is_sbom_file(arg)}
     if with_files and len(images) < 2:
         raise click.UsageError("--files needs both sides to be images")
     cache = _layer_cache(opts, shared_layers(list(images.values())))

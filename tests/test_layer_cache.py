@@ -37,7 +37,7 @@ def cache_files(directory: Path) -> dict[Path, int]:
 
 @pytest.fixture
 def diff_ids() -> list[str]:
-    return [ref.diff_id for ref in open_image(DEMO_OCI, "linux/amd64").layers]
+    return [ref.diff_id for ref in open_image(DEMO_OCI).layers]
 
 
 def test_second_run_reads_the_cache(tmp_path: Path, diff_ids: list[str]) -> None:
@@ -53,7 +53,7 @@ def test_second_run_reads_the_cache(tmp_path: Path, diff_ids: list[str]) -> None
 
 def test_damaged_entry_is_ignored_and_rewritten(tmp_path: Path, diff_ids: list[str]) -> None:
     cache = LayerCache(str(tmp_path))
-    image = open_image(DEMO_OCI, "linux/amd64")
+    image = open_image(DEMO_OCI)
     reference = scan_image(image, Limits(), cache)
     path = cache.path(diff_ids[1])
     assert path is not None
@@ -61,7 +61,7 @@ def test_damaged_entry_is_ignored_and_rewritten(tmp_path: Path, diff_ids: list[s
     data[-10] ^= 0xFF  # payload no longer matches its sha256
     path.write_bytes(bytes(data))
     assert cache.get(diff_ids[1], 1, Limits()) is None
-    again = scan_image(open_image(DEMO_OCI, "linux/amd64"), Limits(), cache)
+    again = scan_image(open_image(DEMO_OCI), Limits(), cache)
     assert cache.get(diff_ids[1], 1, Limits()) is not None  # rewritten by the read that replaced it
     assert sorted(p for p, _ in again.fs.walk()) == sorted(p for p, _ in reference.fs.walk())
 
@@ -76,7 +76,7 @@ def test_hostile_entries_never_crash(tmp_path: Path, diff_ids: list[str]) -> Non
         target.write_bytes(data)
         assert cache.get(diff_ids[0], 0, Limits()) is None
     # a well-formed entry holding another layer's index is refused too
-    other = scan_image(open_image(DEMO_OCI, "linux/amd64"), Limits(), LayerCache(str(tmp_path / "o")))
+    other = scan_image(open_image(DEMO_OCI), Limits(), LayerCache(str(tmp_path / "o")))
     assert other.layers[1].diff_id == diff_ids[1]
     (tmp_path / "o" / LayerCache(str(tmp_path / "o")).path(diff_ids[1]).name).rename(target)  # type: ignore[union-attr]
     assert cache.get(diff_ids[0], 0, Limits()) is None
@@ -86,7 +86,7 @@ def test_hostile_entries_never_crash(tmp_path: Path, diff_ids: list[str]) -> Non
 
 def test_limits_still_apply_to_cached_layers(tmp_path: Path, diff_ids: list[str]) -> None:
     cache = LayerCache(str(tmp_path))
-    scan_image(open_image(DEMO_OCI, "linux/amd64"), Limits(), cache)
+    scan_image(open_image(DEMO_OCI), Limits(), cache)
     assert cache.get(diff_ids[0], 0, Limits(max_entries=5)) is None
     proc = imgscan("ls", DEMO_OCI, "--max-entries", "5", "--layer-cache", str(tmp_path))
     assert proc.returncode == 2 and "more than 5 entries" in proc.stderr
@@ -94,7 +94,7 @@ def test_limits_still_apply_to_cached_layers(tmp_path: Path, diff_ids: list[str]
 
 def test_relabelled_at_another_position(tmp_path: Path, diff_ids: list[str]) -> None:
     cache = LayerCache(str(tmp_path))
-    scan_image(open_image(DEMO_OCI, "linux/amd64"), Limits(), cache)
+    scan_image(open_image(DEMO_OCI), Limits(), cache)
     index = cache.get(diff_ids[2], 7, Limits())
     assert index is not None and index.layer == 7 and {e.layer for e in index.entries.values()} == {7}
 
@@ -106,11 +106,11 @@ def test_nothing_stored_unless_asked(tmp_path: Path) -> None:
 
 
 def test_diff_shares_layers_without_a_cache() -> None:
-    image = open_image(DEMO_OCI, "linux/amd64")
+    image = open_image(DEMO_OCI)
     shared = frozenset(ref.diff_id for ref in image.layers if ref.diff_id)
     cache = LayerCache(None, shared)
     first = scan_image(image, Limits(), cache)
     assert all(cache.get(d, 0, Limits()) is not None for d in shared)
-    second = scan_image(open_image(DEMO_OCI, "linux/amd64"), Limits(), cache)
+    second = scan_image(open_image(DEMO_OCI), Limits(), cache)
     assert [p for p, _ in first.fs.walk()] == [p for p, _ in second.fs.walk()]
     assert first.layers[0] is not second.layers[0]  # fresh copies: merging changes what it is given

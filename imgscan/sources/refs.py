@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from imgscan.errors import ImgscanError
+from imgscan.layers.index import Limits
 from imgscan.sources.blobs import DirFiles, TarFiles
 from imgscan.sources.docker_archive import read_docker_archive
 from imgscan.sources.image import HOSTDIR, Image, LayerRef
@@ -26,6 +27,16 @@ TRANSPORTS = {
     "registry": "registry",
 }
 DEFAULT_PLATFORM = "linux/amd64"
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """How to open a reference: the platform to pick from an index, plain http for registry: sources, and
+    the limits for a source that indexes its layers while it reads them (docker:)."""
+
+    platform: str = DEFAULT_PLATFORM
+    insecure: bool = False
+    limits: Limits = field(default_factory=Limits)
 
 
 @dataclass(frozen=True)
@@ -98,20 +109,22 @@ def _host_dir_image(path: str) -> Image:
     )
 
 
-def open_image(text: str, platform: str = DEFAULT_PLATFORM) -> Image:
+def open_image(text: str, options: SourceOptions | None = None) -> Image:
     """Resolve a reference to an Image whose manifest and config have been verified."""
     ref = parse_reference(text)
     try:
-        return _open(ref, platform)
+        return _open(ref, options or SourceOptions())
     except (AttributeError, TypeError, KeyError, ValueError) as e:
         # JSON of the wrong shape (a list where an object belongs, a number for a digest...)
         raise ImgscanError(f"{ref.path}: malformed image metadata ({type(e).__name__}: {e})") from None
 
 
-def _open(ref: Reference, platform: str) -> Image:
-    """Every transport here reads a local directory (oci-dir, dir) or file (the rest)."""
+def _open(ref: Reference, options: SourceOptions) -> Image:
+    """registry: goes over the network; every other transport reads a local directory (oci-dir, dir) or
+    file (the rest)."""
+    platform = options.platform
     if ref.transport == "registry":
-        return open_registry(ref.path, platform)
+        return open_registry(ref.path, platform, options.insecure)
     location = os.path.abspath(ref.path)
     if ref.transport in ("oci-dir", "dir"):
         if not os.path.isdir(ref.path):

@@ -3,7 +3,7 @@
 Manifests and configs are fetched whole and verified by digest; layers become RemoteBlob locations that a
 worker process opens as a stream (nothing is stored on disk), checked by the layer pipeline's blob digest
 and diff_id.
-https with verified TLS by default; --insecure (env IMGSCAN_INSECURE_REGISTRY=1) uses plain http. Anonymous,
+https with verified TLS by default; insecure (--insecure) uses plain http. Anonymous,
 Basic and Bearer-token auth, credentials from the docker config's 'auths'; they never appear in messages.
 """
 
@@ -29,7 +29,6 @@ from imgscan.sources.blobs import MAX_JSON_BYTES, blob_name, parse_json
 from imgscan.sources.image import TAR, Image, LayerRef
 from imgscan.sources.oci import INDEX_TYPES, MANIFEST_TYPES, _pick_platform, diff_ids_of, format_platform
 
-INSECURE_ENV = "IMGSCAN_INSECURE_REGISTRY"
 ACCEPT = ", ".join(
     [
         "application/vnd.oci.image.manifest.v1+json",
@@ -46,10 +45,6 @@ _CHUNK = 1 << 20
 _REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
-
-
-def insecure_default() -> bool:
-    return os.environ.get(INSECURE_ENV, "") not in ("", "0", "false", "no")
 
 
 @dataclass(frozen=True)
@@ -341,10 +336,9 @@ def _manifest(client: RegistryClient, ref: str) -> tuple[dict[str, Any], str, st
     return doc, got, media_type
 
 
-def open_registry(text: str, platform: str, insecure: bool | None = None) -> Image:
+def open_registry(text: str, platform: str, insecure: bool) -> Image:
     """Resolve 'HOST[:PORT]/REPO[:TAG|@sha256:...]' to a verified Image streaming its layers."""
     ref = parse_registry_ref(text)
-    insecure = insecure_default() if insecure is None else insecure
     client = RegistryClient(ref.host, ref.repo, insecure)
     with client.request("", what="GET /v2/"):
         pass
