@@ -43,7 +43,7 @@ from imgscan.sbom.build import build_sbom
 from imgscan.sbom.output import DEFAULT_SPEC_VERSION, FORMATS, SPEC_VERSIONS, render, write_atomic
 from imgscan.sources.image import Image
 from imgscan.sources.refs import DEFAULT_PLATFORM, SourceOptions, open_image
-from imgscan.views import entry_data, entry_line, inspect_data, inspect_lines, list_entries
+from imgscan.views import entry_data, entry_line, inspect_data, inspect_lines, list_entries, scan_data
 
 
 def _image_options(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -380,16 +380,28 @@ def sbom(ref: str, fmt: str, spec_version: str | None, timestamp: bool, **opts: 
 @cli.command()
 @click.argument("ref")
 @_output_option("Also write the CycloneDX JSON SBOM (the same facts as the table) to FILE.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Machine-readable output (source, image, packages, cuda)."
+)
 @_fail_on_option
 @_run_options
 @_image_options
-def scan(ref: str, fail_on: str | None, **opts: Any) -> None:
+def scan(ref: str, as_json: bool, fail_on: str | None, **opts: Any) -> None:
     """The everyday check: what REF is, what it holds, and what torch really loads in it."""
     merged = _scan(ref, opts)
     _warn(merged.warnings)
     os_release, packages, catalog_warnings = catalog_image(merged.fs)
     _warn(catalog_warnings)
     report = cuda_report(merged.fs, packages, _settings(merged, opts))
+    if opts["output"] is not None:
+        _write_sbom(merged, os_release, packages, report, opts)
+    if as_json:
+        warnings = merged.warnings + catalog_warnings
+        _emit_json(
+            scan_data(merged.image, packages_data(os_release, packages), report_data(report), warnings)
+        )
+        _exit_for(report, fail_on)
+        return
     console = _console()
     image = merged.image
     console.print(f"{image.reference}")
@@ -401,8 +413,6 @@ def scan(ref: str, fail_on: str | None, **opts: Any) -> None:
     console.print("  packages: " + (", ".join(f"{n} {eco}" for eco, n in sorted(counts.items())) or "none"))
     console.print()
     _render_cuda(report, console)
-    if opts["output"] is not None:
-        _write_sbom(merged, os_release, packages, report, opts)
     _exit_for(report, fail_on)
 
 

@@ -1,4 +1,5 @@
-"""Plain-data views of an image for the `inspect` and `ls` commands (JSON-ready dicts and text lines)."""
+"""Plain-data views of an image for the `inspect`, `ls` and `scan --json` commands (JSON-ready dicts and
+text lines)."""
 
 from __future__ import annotations
 
@@ -34,6 +35,21 @@ def inspect_data(image: Image) -> dict[str, Any]:
         "history": image.config.get("history") or [],
         "metadata": image.metadata,
     }
+
+
+def scan_data(
+    image: Image, packages: dict[str, Any], cuda: dict[str, Any], warnings: list[str]
+) -> dict[str, Any]:
+    """`scan --json`: 'source' holds what depends on where the image was read from (reference, digests
+    of stored blobs, their sizes and media types); everything else is the image's own content, the same
+    from a registry, a daemon, an OCI layout or an archive of one image."""
+    source = inspect_data(image)
+    image_facts = {
+        "platform": source.pop("platform"),
+        "diff_ids": [layer.pop("diff_id") for layer in source["layers"]],
+        **{key: source.pop(key) for key in ("config", "created", "history")},
+    }
+    return {"source": source, "image": image_facts, **packages, "cuda": cuda, "warnings": warnings}
 
 
 def inspect_lines(data: dict[str, Any]) -> list[str]:
