@@ -18,7 +18,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +28,7 @@ import pytest
 
 from tests import craft
 from tests.craft import Member, OciWriter, device, directory, file, hardlink, symlink, tar_bytes
+from tests.measured import run_imgscan
 from tests.treecompare import host_tree, imgscan_tree, tree_differences
 
 REPO = Path(__file__).resolve().parent.parent
@@ -130,24 +130,10 @@ class Workspace:
         env.pop("IMGSCAN_DEBUG", None)
         start = time.monotonic()
         with open(out, "wb") as fo, open(err, "wb") as fe:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "imgscan", *args],
-                cwd=self.cwd,
-                env=env,
-                stdout=fo,
-                stderr=fe,
-                stdin=subprocess.DEVNULL,
-            )
-            timer = threading.Timer(timeout, proc.kill)
-            timer.start()
-            try:
-                _, status, usage = os.wait4(proc.pid, 0)
-            finally:
-                timer.cancel()
-            proc.returncode = os.waitstatus_to_exitcode(status)
+            returncode, maxrss_kb = run_imgscan(args, env, fo, fe, timeout, self.cwd)
         seconds = time.monotonic() - start
-        assert proc.returncode != -9, f"imgscan {' '.join(args)} ran past {timeout} s"
-        result = Result(proc.returncode, out, err.read_text(errors="replace"), usage.ru_maxrss, seconds)
+        assert returncode != -9, f"imgscan {' '.join(args)} ran past {timeout} s"
+        result = Result(returncode, out, err.read_text(errors="replace"), maxrss_kb, seconds)
         self.check_host(before)
         return result
 

@@ -17,7 +17,7 @@ import pickle
 import tempfile
 from pathlib import Path
 
-from imgscan.layers.index import LayerIndex, Limits
+from imgscan.layers.index import LayerIndex, Limits, relabel
 
 _MAGIC = b"imgscan-layer-index\n"
 # The code whose changes change what a LayerIndex holds for the same bytes.
@@ -42,14 +42,6 @@ def _format_version() -> str:
 
 
 FORMAT_VERSION = _format_version()
-
-
-def _relabel(index: LayerIndex, layer: int) -> LayerIndex:
-    """The same layer at another position in another image: entries name their layer by position."""
-    index.layer = layer
-    for entry in index.entries.values():
-        entry.layer = layer
-    return index
 
 
 class LayerCache:
@@ -84,7 +76,7 @@ class LayerCache:
             or (index.uncompressed_size or 0) > limits.max_layer_bytes
         ):
             return None  # another layer's index, or one the current limits would refuse: read it again
-        return _relabel(index, layer)
+        return relabel(index, layer)
 
     def put(self, index: LayerIndex) -> None:
         """Keep index (just read, before any merge) where this cache keeps anything."""

@@ -42,6 +42,15 @@ class LayerIndex:
     uncompressed_size: int | None = None
 
 
+def relabel(index: LayerIndex, layer: int) -> LayerIndex:
+    """The same layer at another position (in another image, or once its position is known): entries
+    name their layer by position."""
+    index.layer = layer
+    for entry in index.entries.values():
+        entry.layer = layer
+    return index
+
+
 class Warnings:
     """Counts problems by kind and keeps the first example, so a million hostile entries give one line."""
 

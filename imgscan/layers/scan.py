@@ -57,18 +57,32 @@ def _cached(ref: LayerRef, limits: Limits, cache: LayerCache | None) -> LayerInd
     return cache.get(ref.diff_id, ref.index, limits)
 
 
+def _take_indexed(ref: LayerRef) -> LayerIndex | None:
+    """The index a source built while reading (used once: merging changes it)."""
+    index, ref.indexed = ref.indexed, None
+    return index
+
+
 def scan_image(image: Image, limits: Limits, cache: LayerCache | None = None) -> MergedImage:
     """Index all layers (cached ones from cache, the rest one process per core, lowest layers first) and
-    merge them in order."""
-    found = {ref.index: index for ref in image.layers if (index := _cached(ref, limits, cache)) is not None}
-    todo = [ref for ref in image.layers if ref.index not in found]
+    merge them in order. Layers a source indexed already (docker:) are taken as they are."""
+    found: dict[int, LayerIndex] = {}
+    read: list[tuple[LayerRef, LayerIndex]] = []
+    todo: list[LayerRef] = []
+    for ref in image.layers:
+        if (index := _take_indexed(ref)) is not None:
+            read.append((ref, index))
+        elif (index := _cached(ref, limits, cache)) is not None:
+            found[ref.index] = index
+        else:
+            todo.append(ref)
     workers = _workers(len(todo))
     if workers == 1:
-        read = [index_layer(ref, limits) for ref in todo]
+        read += [(ref, index_layer(ref, limits)) for ref in todo]
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            read = list(pool.map(index_layer, todo, [limits] * len(todo)))
-    for ref, index in zip(todo, read, strict=True):
+            read += zip(todo, pool.map(index_layer, todo, [limits] * len(todo)), strict=True)
+    for ref, index in read:
         if cache is not None and ref.format == TAR:
             cache.put(index)  # before merge(), which changes the indexes it applies
         found[ref.index] = index

@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from imgscan.errors import ImgscanError
 
@@ -235,3 +235,19 @@ class TarReader:
             _number(hdr[329:337]),
             _number(hdr[337:345]),
         )
+
+
+class MemberData(io.RawIOBase):
+    """The current member's data as a stream, for a consumer that reads it like a file (a layer tar
+    inside a saved archive read in one pass)."""
+
+    def __init__(self, reader: TarReader) -> None:
+        self._reader = reader
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        data = self._reader.read_data(len(buf))
+        buf[: len(data)] = data
+        return len(data)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from imgscan.errors import ImgscanError
@@ -53,7 +54,8 @@ class TarFiles:
     def __init__(self, path: str) -> None:
         self.path = path
         self.description = path
-        self._members: dict[str, tuple[TarMember, int]] = {}
+        self._members: dict[str, TarMember] = {}
+        self._offsets: dict[str, int] = {}
         try:
             with open(path, "rb", buffering=0) as f:
                 if f.read(4).startswith((GZIP_MAGIC, ZSTD_MAGIC)):
@@ -63,7 +65,8 @@ class TarFiles:
                 for member in reader:
                     name = clean_path(member.name)
                     if name:
-                        self._members[name] = (member, reader.data_offset)
+                        self._members[name] = member
+                        self._offsets[name] = reader.data_offset
         except ImgscanError as e:
             raise ImgscanError(f"{path}: not a readable tar archive ({e})") from None
         except OSError as e:
@@ -73,20 +76,30 @@ class TarFiles:
         return set(self._members)
 
     def region(self, name: str) -> BlobRegion | None:
-        for _ in range(_MAX_MEMBER_LINKS):
-            member, offset = self._members.get(clean_path(name) or "", (None, 0))
-            if member is None:
-                return None
-            if member.type in FILE_TYPES:
-                return BlobRegion(self.path, offset, member.size)
-            if member.type == SYMLINK:
-                base = os.path.dirname(clean_path(name) or "")
-                name = member.linkname if member.linkname.startswith("/") else f"{base}/{member.linkname}"
-            elif member.type == HARDLINK:
-                name = member.linkname
-            else:
-                return None
-        return None
+        target = follow_links(self._members, name)
+        if target is None:
+            return None
+        return BlobRegion(self.path, self._offsets[target], self._members[target].size)
+
+
+def follow_links(members: Mapping[str, TarMember], name: str) -> str | None:
+    """The regular member that name ends at in an archive, following symlinks (relative to the link's
+    directory) and hardlinks (relative to the archive root); None for a missing member or a loop."""
+    for _ in range(_MAX_MEMBER_LINKS):
+        name = clean_path(name) or ""
+        member = members.get(name)
+        if member is None:
+            return None
+        if member.type in FILE_TYPES:
+            return name
+        if member.type == SYMLINK:
+            base = os.path.dirname(name)
+            name = member.linkname if member.linkname.startswith("/") else f"{base}/{member.linkname}"
+        elif member.type == HARDLINK:
+            name = member.linkname
+        else:
+            return None
+    return None
 
 
 def read_blob(files: LayoutFiles, name: str, digest: str | None = None, limit: int = MAX_JSON_BYTES) -> bytes:

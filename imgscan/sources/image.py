@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import os
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from imgscan.errors import ImgscanError
+
+if TYPE_CHECKING:
+    from imgscan.layers.index import LayerIndex
 
 TAR = "tar"
 SQUASHFS = "squashfs"
@@ -90,6 +93,8 @@ class LayerRef:
 
     digest: sha256 of the stored blob (compressed bytes), checked while the layer is read.
     diff_id: sha256 of the uncompressed tar, from the config's rootfs.diff_ids, checked too.
+    indexed: the layer already indexed by a source that had to read it to find it (a streamed
+    docker save), already verified; it is used once, by the scan, which has nothing left to read.
     """
 
     index: int
@@ -100,6 +105,7 @@ class LayerRef:
     size: int | None = None
     region: BlobRegion | BlobLocation | None = None  # squashfs layers: a BlobRegion
     host_dir: str | None = None
+    indexed: LayerIndex | None = None
 
 
 @dataclass

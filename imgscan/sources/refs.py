@@ -64,6 +64,8 @@ def parse_reference(text: str) -> Reference:
     scheme, sep, rest = text.partition(":")
     if scheme == "registry" and sep:
         return Reference("registry", rest, None)  # HOST[:PORT]/REPO[:TAG|@digest], parsed by sources.registry
+    if scheme == "docker" and sep:
+        return Reference("docker", rest, None)  # NAME[:TAG|@digest] or an image ID, the daemon resolves it
     if sep and scheme in TRANSPORTS and not os.path.exists(text):
         path, selector = _split_location(rest)
         return Reference(TRANSPORTS[scheme], path, selector)
@@ -120,11 +122,15 @@ def open_image(text: str, options: SourceOptions | None = None) -> Image:
 
 
 def _open(ref: Reference, options: SourceOptions) -> Image:
-    """registry: goes over the network; every other transport reads a local directory (oci-dir, dir) or
-    file (the rest)."""
+    """registry: and docker: go over the network or a socket; every other transport reads a local
+    directory (oci-dir, dir) or file (the rest)."""
     platform = options.platform
     if ref.transport == "registry":
         return open_registry(ref.path, platform, options.insecure)
+    if ref.transport == "docker":
+        from imgscan.sources.docker_daemon import open_docker  # the SDK takes 0.25 s to import
+
+        return open_docker(ref.path, options.limits)
     location = os.path.abspath(ref.path)
     if ref.transport in ("oci-dir", "dir"):
         if not os.path.isdir(ref.path):

@@ -1,0 +1,193 @@
+"""docker: sources against a real dockerd (apt docker.io: vfs storage, no iptables, no bridge, its own
+data-root and socket) started for this module; images go in with skopeo, `docker load` and `docker import`.
+
+A scan through the daemon must equal the scan of the same image from its layout or archive in everything
+but the source fields, and a layer far larger than the memory limit must stream through."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import tarfile
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests import imagebuild
+from tests.measured import run_imgscan
+
+DEMO = Path(__file__).resolve().parent.parent / "fixtures" / "demo" / "oci"
+DOCKER = "/usr/bin/docker"  # the docker.io client that matches the daemon (API 1.41)
+BIG_FILE_BYTES = 384 << 20
+BIG_RSS_LIMIT_KB = 200 << 10
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("dockerd") and os.path.exists(DOCKER) and shutil.which("skopeo")),
+    reason="needs dockerd and docker (apt docker.io) and skopeo",
+)
+
+
+def imgscan(*args: str, docker_host: str) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Run imgscan with DOCKER_HOST set; returns the result and its peak RSS in kB."""
+    env = {**os.environ, "DOCKER_HOST": docker_host}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        returncode, maxrss_kb = run_imgscan(args, env, out, err, 600)
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(args, returncode, out.read().decode(), err.read().decode())
+    return result, maxrss_kb
+
+
+def docker_cli(host: str, *args: str) -> str:
+    result = subprocess.run([DOCKER, "-H", host, *args], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """DOCKER_HOST of a dockerd of our own, stopped (and its storage removed) when the module ends."""
+    root = tmp_path_factory.mktemp("dockerd")
+    sock = root / "docker.sock"
+    host = f"unix://{sock}"
+    log = open(root / "dockerd.log", "wb")  # noqa: SIM115 - closed below, after the daemon stops
+    daemon = subprocess.Popen(
+        [
+            "dockerd",
+            "--storage-driver=vfs",
+            "--iptables=false",
+            "--ip6tables=false",
+            "--bridge=none",
+            f"--data-root={root / 'data'}",
+            f"--exec-root={root / 'exec'}",
+            f"--pidfile={root / 'dockerd.pid'}",
+            f"--host={host}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while subprocess.run([DOCKER, "-H", host, "version"], capture_output=True).returncode != 0:
+            if daemon.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("dockerd did not start: " + (root / "dockerd.log").read_text()[-2000:])
+            time.sleep(0.3)
+        yield host
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(daemon.pid, signal.SIGKILL)
+            daemon.wait()
+        log.close()
+        shutil.rmtree(root / "data", ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def demo(dockerd: str) -> str:
+    imagebuild.skopeo_copy(f"oci:{DEMO}:demo", "docker-daemon:imgscan/demo:v1", "--dest-daemon-host", dockerd)
+    return "imgscan/demo:v1"
+
+
+def scan_json(ref: str, host: str) -> dict:
+    result, _ = imgscan("scan", ref, "--json", docker_host=host)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_scan_equals_the_oci_layout_but_for_source_fields(dockerd: str, demo: str) -> None:
+    local = scan_json(f"{DEMO}:demo", dockerd)
+    image_id = docker_cli(dockerd, "image", "inspect", "--format", "{{.Id}}", demo)
+    for ref in (f"docker:{demo}", f"docker:{image_id}", f"docker:{image_id[7:19]}"):
+        remote = scan_json(ref, dockerd)
+        assert remote["source"]["transport"] == "docker"
+        assert remote["source"]["digest"] == image_id
+        assert remote["source"]["reference"].endswith(f"@{image_id}") or "@" in ref
+        assert remote["source"]["tags"] == [demo]
+        remote.pop("source")
+        assert remote == {k: v for k, v in local.items() if k != "source"}
+    # the everyday gate gives the same verdict: the demo's cuDNN pin mismatch is an error
+    result, _ = imgscan("scan", f"docker:{demo}", "--fail-on", "error", docker_host=dockerd)
+    assert result.returncode == 1 and "cuda.pin-mismatch" in result.stdout
+
+
+def ls_json(ref: str, host: str) -> list[dict]:
+    result, _ = imgscan("ls", ref, "-R", "--json", docker_host=host)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["entries"]
+
+
+def test_layers_with_deletions_equal_the_archive(dockerd: str, mini_images: imagebuild.ImageSet) -> None:
+    """buildah's image of the mini rootfs (four layers, RUN rm: whiteouts) loaded by `docker load`, then
+    read back through the daemon and through the daemon's own `docker save` file. (Docker 20.10 refuses
+    to load the umoci image set: a whiteout under a path a lower layer holds as a file.)"""
+    archive = mini_images.buildah_docker_archive
+    assert archive is not None
+    docker_cli(dockerd, "load", "-i", str(archive))
+    tag = "localhost/t:latest"
+    expected = ls_json(f"docker-archive:{archive}:{tag}", dockerd)
+    assert any(e["path"] == "/etc" for e in expected)
+    assert ls_json(f"docker:{tag}", dockerd) == expected
+    saved = archive.with_suffix(".daemon-save.tar")
+    docker_cli(dockerd, "save", "-o", str(saved), tag)
+    assert ls_json(f"docker-archive:{saved}", dockerd) == expected
+
+
+def _random_file_tar(path: Path, size: int) -> None:
+    """A rootfs tar holding one file of incompressible bytes, written as it is generated."""
+    rng = random.Random(7)
+
+    class Source:
+        left = size
+
+        def read(self, n: int = -1) -> bytes:
+            n = self.left if n < 0 else min(n, self.left)
+            self.left -= n
+            return rng.randbytes(n)
+
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo("data/blob.bin")
+        info.size = size
+        tf.addfile(info, Source())  # type: ignore[arg-type]
+
+
+def test_a_large_layer_streams_through_bounded_memory(dockerd: str, tmp_path: Path) -> None:
+    """A 384 MiB layer of random bytes: the save stream is read once, the peak RSS stays far below it."""
+    rootfs = tmp_path / "big.tar"
+    _random_file_tar(rootfs, BIG_FILE_BYTES)
+    docker_cli(dockerd, "import", str(rootfs), "imgscan/big:1")
+    rootfs.unlink()
+    result, rss_kb = imgscan("ls", "docker:imgscan/big:1", "/data/blob.bin", "--json", docker_host=dockerd)
+    assert result.returncode == 0, result.stderr
+    [entry] = json.loads(result.stdout)["entries"]
+    assert entry["size"] == BIG_FILE_BYTES
+    assert rss_kb < BIG_RSS_LIMIT_KB, f"peak RSS {rss_kb // 1024} MB for a {BIG_FILE_BYTES >> 20} MB layer"
+    print(f"docker: 384 MiB layer, peak RSS {rss_kb // 1024} MB")
+
+
+def assert_one_error_line(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+def test_unknown_image_is_one_line(dockerd: str) -> None:
+    result, _ = imgscan("ls", "docker:imgscan/no-such:image", docker_host=dockerd)
+    assert_one_error_line(result, "docker:imgscan/no-such:image", "no such image")
+
+
+def test_missing_daemon_is_one_line(tmp_path: Path) -> None:
+    host = f"unix://{tmp_path}/absent.sock"
+    result, _ = imgscan("inspect", "docker:imgscan/demo:v1", docker_host=host)
+    assert_one_error_line(result, "cannot reach the Docker daemon", host)
