@@ -10,26 +10,24 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import tarfile
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import imagebuild
+from tests.dockerd import available, docker_cli, running_dockerd
 from tests.measured import run_imgscan
 
 DEMO = Path(__file__).resolve().parent.parent / "fixtures" / "demo" / "oci"
-DOCKER = "/usr/bin/docker"  # the docker.io client that matches the daemon (API 1.41)
 BIG_FILE_BYTES = 384 << 20
 BIG_RSS_LIMIT_KB = 200 << 10
 
 pytestmark = pytest.mark.skipif(
-    not (shutil.which("dockerd") and os.path.exists(DOCKER) and shutil.which("skopeo")),
+    not (available() and shutil.which("skopeo")),
     reason="needs dockerd and docker (apt docker.io) and skopeo",
 )
 
@@ -45,51 +43,10 @@ def imgscan(*args: str, docker_host: str) -> tuple[subprocess.CompletedProcess[s
     return result, maxrss_kb
 
 
-def docker_cli(host: str, *args: str) -> str:
-    result = subprocess.run([DOCKER, "-H", host, *args], capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    return result.stdout.strip()
-
-
 @pytest.fixture(scope="module")
 def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """DOCKER_HOST of a dockerd of our own, stopped (and its storage removed) when the module ends."""
-    root = tmp_path_factory.mktemp("dockerd")
-    sock = root / "docker.sock"
-    host = f"unix://{sock}"
-    log = open(root / "dockerd.log", "wb")  # noqa: SIM115 - closed below, after the daemon stops
-    daemon = subprocess.Popen(
-        [
-            "dockerd",
-            "--storage-driver=vfs",
-            "--iptables=false",
-            "--ip6tables=false",
-            "--bridge=none",
-            f"--data-root={root / 'data'}",
-            f"--exec-root={root / 'exec'}",
-            f"--pidfile={root / 'dockerd.pid'}",
-            f"--host={host}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while subprocess.run([DOCKER, "-H", host, "version"], capture_output=True).returncode != 0:
-            if daemon.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("dockerd did not start: " + (root / "dockerd.log").read_text()[-2000:])
-            time.sleep(0.3)
+    with running_dockerd(tmp_path_factory.mktemp("dockerd")) as host:
         yield host
-    finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-            daemon.wait()
-        log.close()
-        shutil.rmtree(root / "data", ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

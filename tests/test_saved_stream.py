@@ -85,11 +85,16 @@ def hybrid_archive(layout: Path, tag: str, dest: Path) -> Path:
     return dest
 
 
-def test_docker_25_hybrid_archive_equals_oci_layout(mini_images: imagebuild.ImageSet, tmp_path: Path) -> None:
-    plain = mini_images.plain.path
-    archive = hybrid_archive(plain, imagebuild.FINAL_TAG, tmp_path / "hybrid.tar")
+@pytest.mark.parametrize("layers", ["plain", "gzip"])
+def test_docker_25_hybrid_archive_equals_oci_layout(
+    mini_images: imagebuild.ImageSet, tmp_path: Path, layers: str
+) -> None:
+    """Docker >= 25 saves plain tars from the classic store and the registry's gzip blobs from the
+    containerd store: both are read, with each blob checked against the digest its name claims."""
+    layout = mini_images.plain.path if layers == "plain" else mini_images.umoci.path
+    archive = hybrid_archive(layout, imagebuild.FINAL_TAG, tmp_path / "hybrid.tar")
     by_stream = streamed(archive)
-    by_layout = open_image(f"oci-dir:{plain}:{imagebuild.FINAL_TAG}")
+    by_layout = open_image(f"oci-dir:{layout}:{imagebuild.FINAL_TAG}")
     assert [r.digest for r in by_stream.layers] == [r.digest for r in by_layout.layers]
     assert listing(by_stream) == listing(by_layout)
     assert listing(open_image(f"docker-archive:{archive}")) == listing(by_layout)
@@ -130,6 +135,12 @@ def test_the_same_member_named_twice_gives_two_layers(tmp_path: Path) -> None:
     entries = {e["path"]: e for e in listing(image)}
     assert entries["/etc/hostname"]["layer"] == 1
     assert [ref.indexed is None for ref in image.layers] == [True, True]  # the scan took them
+
+
+def test_blob_not_matching_its_name(tmp_path: Path) -> None:
+    name = f"blobs/sha256/{'0' * 64}"
+    archive = saved(tmp_path, [Member(name, data=LAYER)], [craft.sha256(LAYER)], [name])
+    refused(archive, "layer 0", "blob digest mismatch")
 
 
 def test_diff_id_mismatch(tmp_path: Path) -> None:

@@ -45,7 +45,7 @@ def _select(entries: list[dict[str, Any]], selector: str | None, where: str) -> 
     )
 
 
-def _hex_in_name(name: str) -> str | None:
+def hex_in_name(name: str) -> str | None:
     """The sha256 a content-addressed file name carries ('<hex>.json', 'blobs/sha256/<hex>')."""
     stem = name.rsplit("/", 1)[-1].removesuffix(".json").removesuffix(".tar")
     return stem if len(stem) == 64 and all(c in "0123456789abcdef" for c in stem) else None
@@ -72,7 +72,7 @@ def read_saved_image(read: Callable[[str], bytes], selector: str | None, where: 
     config_name = str(entry.get("Config") or "")
     config_bytes = read(config_name)
     image_id = "sha256:" + hashlib.sha256(config_bytes).hexdigest()
-    named = _hex_in_name(config_name)
+    named = hex_in_name(config_name)
     if named is not None and image_id != f"sha256:{named}":
         raise ImgscanError(f"{where}: config {config_name} digest mismatch: got {image_id}")
     config = parse_json(config_bytes, f"{where}: config")
@@ -83,7 +83,7 @@ def read_saved_image(read: Callable[[str], bytes], selector: str | None, where: 
 
 def saved_layer(index: int, name: str, diff_id: str, size: int) -> LayerRef:
     """A layer of a saved archive; its blob digest is known only where the member is named by it."""
-    hexname = _hex_in_name(name)
+    hexname = hex_in_name(name)
     return LayerRef(
         index=index,
         format=TAR,

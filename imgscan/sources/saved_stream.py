@@ -19,11 +19,18 @@ from imgscan.layers.names import clean_path
 from imgscan.layers.tarparse import FILE_TYPES, MemberData, TarMember, TarReader
 from imgscan.layers.tarstream import index_tar
 from imgscan.sources.blobs import MAX_JSON_BYTES, follow_links
-from imgscan.sources.docker_archive import SavedImage, read_saved_image, saved_layer
+from imgscan.sources.docker_archive import SavedImage, hex_in_name, read_saved_image, saved_layer
 from imgscan.sources.image import LayerRef
 
 SMALL_MEMBER = 64 << 10  # below this a member is kept whatever it holds (VERSION, v1 json, tiny layers)
 MAX_KEPT_BYTES = 64 << 20  # all kept members together
+
+
+def _named_digest(name: str) -> str | None:
+    """The digest a member's name claims for its bytes (blobs/sha256/<hex>, skopeo's <hex>.tar): checked
+    as the member is read, as a layout's blob would be."""
+    named = hex_in_name(name)
+    return f"sha256:{named}" if named else None
 
 
 class _Pass:
@@ -61,7 +68,7 @@ class _Pass:
             self.kept[name] = data.read()
             return
         try:
-            self.indexed[name] = index_tar(data, -1, self.limits, None, None, name)  # type: ignore[arg-type]
+            self.indexed[name] = index_tar(data, -1, self.limits, _named_digest(name), None, name)  # type: ignore[arg-type]
         except ImgscanError as e:
             self.failed[name] = str(e)
 
@@ -81,7 +88,7 @@ class _Pass:
             raise ImgscanError(f"{self.where}: {label}: {self.failed[target]}")
         if target in self.kept:
             stream = io.BytesIO(self.kept[target])
-            index = index_tar(stream, -1, self.limits, None, None, f"{self.where}: {label}")
+            index = index_tar(stream, -1, self.limits, _named_digest(target), None, f"{self.where}: {label}")
         else:
             index = self.indexed[target]
             if target in self._used:  # named twice (docker links identical layers): a copy of its own
