@@ -1,5 +1,10 @@
 """registry: sources against a real CNCF distribution registry (apt docker-registry) on loopback, with
-images pushed by skopeo: the listing and CUDA report equal the OCI layout's, by tag and by digest."""
+images pushed by skopeo: the listing and CUDA report equal the OCI layout's, by tag and by digest.
+
+Auth and transport run against real components too: an htpasswd registry (Basic) with credentials from the
+docker config (auths, credsStore, credHelpers with real helper executables), the registry's own token auth
+with a token server issuing signed JWTs (tests/tokenserver.py), https with a CA made by openssl
+(tests/pki.py), and a proxy that drops connections and answers 503/429 (tests/faultproxy.py)."""
 
 from __future__ import annotations
 
@@ -17,17 +22,41 @@ import time
 import urllib.error
 import urllib.request
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from imgscan.errors import ImgscanError
+from imgscan.sources import registry as registry_mod
 from imgscan.sources.registry import RemoteBlob, parse_registry_ref
-from tests import imagebuild
+from tests import imagebuild, pki
+from tests.faultproxy import (
+    BLOB,
+    DROP,
+    EARLY_RANGE,
+    IGNORE_RANGE,
+    LATE_RANGE,
+    MANIFEST,
+    PING,
+    RESET,
+    STATUS,
+    Fault,
+    FaultProxy,
+    serve_proxy,
+)
+from tests.tokenserver import TokenServer, serve_tokens
 
 DEMO = Path(__file__).resolve().parent.parent / "fixtures" / "demo" / "oci"
 DEMO_DIGEST = json.loads((DEMO / "index.json").read_text())["manifests"][0]["digest"]
+DEMO_MANIFEST = json.loads((DEMO / "blobs" / "sha256" / DEMO_DIGEST.split(":")[1]).read_text())
+DEMO_REPO = "imgscan/demo"
+USER = "user"
+SECRET = "s3cr3t-pa55"
+WRONG = "wrong-pa55"
+IDENTITY_TOKEN = "identity-t0ken-9f8e7d"
+WRONG_TOKEN = "stale-identity-t0ken"
 
 pytestmark = pytest.mark.skipif(
     not (shutil.which("docker-registry") and shutil.which("skopeo")),
@@ -35,8 +64,10 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def imgscan(*args: str, insecure_env: bool = False) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "IMGSCAN_INSECURE_REGISTRY": "1" if insecure_env else ""}
+def imgscan(
+    *args: str, insecure_env: bool = False, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = env or {**os.environ, "IMGSCAN_INSECURE_REGISTRY": "1" if insecure_env else ""}
     return subprocess.run(
         [sys.executable, "-m", "imgscan", *args], capture_output=True, text=True, env=env, timeout=300
     )
@@ -49,13 +80,15 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve(work: Path, data: Path, extra: str = "") -> Iterator[str]:
-    """HOST:PORT of a registry with filesystem storage in data, running until the block ends."""
+def serve(work: Path, data: Path, extra: str = "", tls: pki.ServerTls | None = None) -> Iterator[str]:
+    """HOST:PORT of a registry with filesystem storage in data (on https with tls), running until the block
+    ends. Readiness is probed over plain http: a TLS port answers that with 400, which is 'up' too."""
     port = _free_port()
     config = work / f"config-{port}.yml"
+    https = f"  tls:\n    certificate: {tls.cert}\n    key: {tls.key}\n" if tls else ""
     config.write_text(
         f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {data}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n{extra}"
+        f"http:\n  addr: 127.0.0.1:{port}\n{https}{extra}"
     )
     log_path = work / f"log-{port}"
     log = open(log_path, "wb")  # noqa: SIM115 - closed after the registry stops
@@ -101,8 +134,8 @@ def push(src: str, dest: str, *extra: str) -> None:
 
 @pytest.fixture(scope="module")
 def demo(registry: str) -> str:
-    push(f"oci:{DEMO}:demo", f"{registry}/imgscan/demo:v1")
-    return f"{registry}/imgscan/demo"
+    push(f"oci:{DEMO}:demo", f"{registry}/{DEMO_REPO}:v1")
+    return f"{registry}/{DEMO_REPO}"
 
 
 def ls_json(ref: str, *extra: str, insecure_env: bool = False) -> dict:
@@ -200,44 +233,369 @@ def test_https_is_the_default_and_fails_in_one_line(demo: str) -> None:
     assert "https://" in r.stderr and "SSL" in r.stderr
 
 
-def docker_config(tmp_path: Path, host: str, user: str, password: str) -> dict[str, str]:
-    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
-    (tmp_path / "config.json").write_text(json.dumps({"auths": {host: {"auth": auth}}}))
-    return {**os.environ, "DOCKER_CONFIG": str(tmp_path), "IMGSCAN_INSECURE_REGISTRY": "1"}
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
-def test_basic_auth_from_docker_config(demo: str, registry_work: Path, tmp_path: Path) -> None:
-    """An htpasswd registry over the same storage: creds from DOCKER_CONFIG pull; none or wrong ones give
-    one line naming UNAUTHORIZED, and the password never appears."""
+def auths(host: str, password: str) -> dict[str, Any]:
+    """A docker config 'auths' section with USER:password for host, as `docker login` writes it."""
+    return {host: {"auth": b64(f"{USER}:{password}")}}
+
+
+def leaked(r: subprocess.CompletedProcess[str], *more: str) -> list[str]:
+    """The secrets of these tests (passwords, identity tokens, their Basic encodings, and more: tokens the
+    token server issued) that show in r's stdout or stderr."""
+    words = [
+        SECRET,
+        WRONG,
+        IDENTITY_TOKEN,
+        WRONG_TOKEN,
+        *more,
+        *(b64(f"{USER}:{w}") for w in (SECRET, WRONG)),
+    ]
+    return [w for w in words if w in r.stdout + r.stderr]
+
+
+def one_line_error(r: subprocess.CompletedProcess[str], *texts: str) -> None:
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.startswith("imgscan: error: ") and r.stderr.count("\n") == 1, r.stderr
+    for text in texts:
+        assert text in r.stderr, r.stderr
+
+
+HELPER_SCRIPT = """#!/bin/sh
+# a docker credential helper as docker runs it: 'get', the server on stdin, JSON on stdout
+[ "$1" = get ] || exit 2
+server=$(cat)
+printf '%s\\n' "$server" >> "$0.log"
+{body}
+"""
+
+
+def write_helper(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / f"docker-credential-{name}"
+    path.write_text(HELPER_SCRIPT.format(body=body))
+    path.chmod(0o755)
+
+
+@pytest.fixture(scope="module")
+def helper_bin(registry_work: Path) -> Path:
+    """A PATH directory of real credential helper executables: good, wrong, token (identity token) and
+    badtoken answer JSON; notfound has nothing, as docker's helpers say it; leaky fails printing the password
+    on stdout and stderr (imgscan must not pass it on); slow sleeps past the timeout."""
+    bin_dir = registry_work / "bin"
+    bin_dir.mkdir()
+    answers = {
+        "good": (USER, SECRET),
+        "wrong": (USER, WRONG),
+        "token": ("<token>", IDENTITY_TOKEN),
+        "badtoken": ("<token>", WRONG_TOKEN),
+    }
+    for name, (user, secret) in answers.items():
+        answer = {"ServerURL": "", "Username": user, "Secret": secret}
+        (bin_dir / f"docker-credential-{name}.json").write_text(json.dumps(answer))
+        write_helper(bin_dir, name, 'cat "$0.json"')
+    write_helper(bin_dir, "notfound", 'echo "credentials not found in native keychain"; exit 1')
+    write_helper(bin_dir, "leaky", f"echo {SECRET}; echo {SECRET} >&2; exit 3")
+    write_helper(bin_dir, "slow", 'sleep 30 & echo $! > "$0.pid"; wait')
+    return bin_dir
+
+
+def docker_env(config_dir: Path, config: dict[str, Any], helper_bin: Path, **extra: str) -> dict[str, str]:
+    """imgscan's environment: DOCKER_CONFIG holding config, the test helpers first on PATH, plain http."""
+    (config_dir / "config.json").write_text(json.dumps(config))
+    path = f"{helper_bin}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {"DOCKER_CONFIG": str(config_dir), "PATH": path, "IMGSCAN_INSECURE_REGISTRY": "1", **extra}
+    return {**os.environ, **env}
+
+
+@pytest.fixture(scope="module")
+def htpasswd(registry_work: Path) -> str:
+    """The 'auth:' block of a registry config with USER:SECRET in a bcrypt htpasswd file."""
     with warnings.catch_warnings():  # crypt is deprecated; only here to write a bcrypt htpasswd line
         warnings.simplefilter("ignore", DeprecationWarning)
         import crypt
 
-    secret = "s3cr3t-pa55"
-    htpasswd = tmp_path / "htpasswd"
-    htpasswd.write_text(f"user:{crypt.crypt(secret, crypt.mksalt(crypt.METHOD_BLOWFISH))}\n")
-    extra = f"auth:\n  htpasswd:\n    realm: test\n    path: {htpasswd}\n"
-    local = ls_json(f"{DEMO}:demo")
-    with serve(registry_work, registry_work / "data", extra) as host:
-        ref = f"registry:{host}/{demo.partition('/')[2]}:v1"
-        for password, ok in [(secret, True), ("wrong-pw", False)]:
-            env = docker_config(tmp_path, host, "user", password)
-            cmd = [sys.executable, "-m", "imgscan", "ls", ref, "-R", "--json"]
-            r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-            assert secret not in r.stdout + r.stderr
-            assert base64.b64encode(f"user:{secret}".encode()).decode() not in r.stderr
-            if ok:
-                assert r.returncode == 0, r.stderr
-                assert json.loads(r.stdout)["entries"] == local["entries"]
-            else:
-                assert r.returncode == 2 and r.stderr.count("\n") == 1 and "UNAUTHORIZED" in r.stderr
-        r = imgscan("ls", ref, "--insecure")
-        assert r.returncode == 2 and r.stderr.count("\n") == 1 and "UNAUTHORIZED" in r.stderr
+    path = registry_work / "htpasswd"
+    salt = crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)  # cost 4: the registry checks it per request
+    path.write_text(f"{USER}:{crypt.crypt(SECRET, salt)}\n")
+    return f"auth:\n  htpasswd:\n    realm: test\n    path: {path}\n"
+
+
+@pytest.fixture(scope="module")
+def basic_registry(demo: str, registry_work: Path, htpasswd: str) -> Iterator[str]:
+    """HOST:PORT of an htpasswd (Basic auth) registry over the demo's storage, plain http."""
+    with serve(registry_work, registry_work / "data", htpasswd) as host:
+        yield host
+
+
+@pytest.fixture(scope="module")
+def token_registry(demo: str, registry_work: Path) -> Iterator[tuple[str, TokenServer]]:
+    """A registry with token auth over the demo's storage and the token server its challenges name: USER
+    with SECRET gets a token by GET, IDENTITY_TOKEN by the refresh-token POST."""
+    with (
+        serve_tokens(registry_work, {USER: SECRET}, {IDENTITY_TOKEN}) as tokens,
+        serve(registry_work, registry_work / "data", tokens.registry_auth()) as host,
+    ):
+        yield host, tokens
+
+
+@pytest.fixture(scope="module")
+def tls_registry(demo: str, registry_work: Path, htpasswd: str) -> Iterator[tuple[str, pki.ServerTls]]:
+    """The htpasswd registry on https, its certificate signed by a CA made for the test."""
+    tls = pki.server_tls(registry_work)
+    with serve(registry_work, registry_work / "data", htpasswd, tls=tls) as host:
+        yield host, tls
+
+
+@pytest.fixture(scope="module")
+def local_entries() -> list[dict[str, Any]]:
+    return ls_json(f"{DEMO}:demo")["entries"]
+
+
+Config = Callable[[str], dict[str, Any]]
+# id -> (registry fixture, docker config for its HOST)
+CRED_FOUND: dict[str, tuple[str, Config]] = {
+    "basic-auths": ("basic_registry", lambda h: {"auths": auths(h, SECRET)}),
+    "basic-credhelper-beats-store-and-auths": (
+        "basic_registry",
+        lambda h: {"credHelpers": {h: "good"}, "credsStore": "wrong", "auths": auths(h, WRONG)},
+    ),
+    "basic-store-beats-auths": ("basic_registry", lambda h: {"credsStore": "good", "auths": auths(h, WRONG)}),
+    "basic-other-hosts-credhelper-unused": (
+        "basic_registry",
+        lambda h: {"credHelpers": {"registry.example": "wrong"}, "credsStore": "good"},
+    ),
+    "token-auths": ("token_registry", lambda h: {"auths": auths(h, SECRET)}),
+    "token-identity-token": ("token_registry", lambda h: {"credHelpers": {h: "token"}}),
+}
+# id -> (registry fixture, docker config for its HOST, what the one-line error says)
+CRED_FAILS: dict[str, tuple[str, Config, str]] = {
+    "basic-credhelper-wrong-password": (
+        "basic_registry",
+        lambda h: {"credHelpers": {h: "wrong"}, "credsStore": "good", "auths": auths(h, SECRET)},
+        "UNAUTHORIZED",
+    ),
+    "basic-auths-wrong-password": ("basic_registry", lambda h: {"auths": auths(h, WRONG)}, "UNAUTHORIZED"),
+    "basic-no-credentials": ("basic_registry", lambda h: {}, "UNAUTHORIZED (no credentials for"),
+    "basic-store-has-none": (
+        "basic_registry",
+        lambda h: {"credsStore": "notfound", "auths": auths(h, SECRET)},
+        "docker-credential-notfound has no credentials for",
+    ),
+    "basic-credhelper-missing": (
+        "basic_registry",
+        lambda h: {"credHelpers": {h: "nosuch"}},
+        "docker-credential-nosuch not found on PATH",
+    ),
+    "basic-credhelper-fails-printing-the-password": (
+        "basic_registry",
+        lambda h: {"credHelpers": {h: "leaky"}},
+        "docker-credential-leaky failed (exit 3)",
+    ),
+    "basic-identity-token": ("basic_registry", lambda h: {"credHelpers": {h: "token"}}, "identity token"),
+    "token-no-credentials": ("token_registry", lambda h: {}, "token request refused: HTTP 401"),
+    "token-wrong-password": (
+        "token_registry",
+        lambda h: {"auths": auths(h, WRONG)},
+        "token request refused: HTTP 401",
+    ),
+    "token-stale-identity-token": (
+        "token_registry",
+        lambda h: {"credHelpers": {h: "badtoken"}},
+        "token request refused: HTTP 401",
+    ),
+}
+
+
+def scan_with_config(
+    request: pytest.FixtureRequest, fixture: str, config: Config, config_dir: Path, helper_bin: Path, cmd: str
+) -> tuple[subprocess.CompletedProcess[str], str, dict[str, Any], TokenServer | None]:
+    """Run `imgscan CMD registry:HOST/demo:v1 --json` (ls with -R) against the named registry fixture with
+    config(HOST) as the docker config: (the result, HOST, the config, the token server if any)."""
+    served = request.getfixturevalue(fixture)
+    host, tokens = served if isinstance(served, tuple) else (served, None)
+    doc = config(host)
+    env = docker_env(config_dir, doc, helper_bin)
+    extra = ["-R"] if cmd == "ls" else []
+    return imgscan(cmd, f"registry:{host}/{DEMO_REPO}:v1", *extra, "--json", env=env), host, doc, tokens
+
+
+@pytest.mark.parametrize("case", CRED_FOUND)
+def test_docker_credentials(
+    case: str, request: pytest.FixtureRequest, tmp_path: Path, helper_bin: Path, local_entries: list
+) -> None:
+    """Credentials as the docker CLI finds them (credHelpers[host] > credsStore > auths), over Basic auth
+    and the registry's token auth (a GET with Basic credentials, or docker's refresh-token POST for an
+    identity token): every layer is read (the worker processes authenticate too)."""
+    r, host, config, tokens = scan_with_config(request, *CRED_FOUND[case], tmp_path, helper_bin, "ls")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["entries"] == local_entries
+    assert not leaked(r, *(tokens.issued if tokens else []))
+    helpers = [*config.get("credHelpers", {}).values(), config.get("credsStore")]
+    if "good" in helpers:  # it was given the host on stdin, as docker gives it
+        assert (helper_bin / "docker-credential-good.log").read_text().splitlines()[-1] == host
+    if tokens is not None:
+        assert tokens.seen[-1] == (
+            ("POST", "refresh_token", True) if "token" in helpers else ("GET", "basic", True)
+        )
+
+
+@pytest.mark.parametrize("case", CRED_FAILS)
+def test_failing_auth_is_one_line_without_secrets(
+    case: str, request: pytest.FixtureRequest, tmp_path: Path, helper_bin: Path
+) -> None:
+    """Wrong, missing or unusable credentials (a configured helper is the only store asked, as in docker:
+    when it has nothing or fails, auths is not used) give one line saying why, exit 2, and no password,
+    identity token or issued token shows, not even one a failing helper printed."""
+    fixture, config, error = CRED_FAILS[case]
+    r, _, _, tokens = scan_with_config(request, fixture, config, tmp_path, helper_bin, "inspect")
+    one_line_error(r, error)
+    assert not leaked(r, *(tokens.issued if tokens else []))
+
+
+def test_credentials_repr_hides_the_secret() -> None:
+    creds = registry_mod.Credentials(USER, SECRET)
+    assert SECRET not in repr(creds) and SECRET not in str(creds)
+
+
+def test_credential_helper_timeout(tmp_path: Path, helper_bin: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A helper that hangs gives no credentials after HELPER_TIMEOUT (1 s here, 10 s in use), and it is
+    killed along with what it started: imgscan neither hangs nor leaves processes behind."""
+    (tmp_path / "config.json").write_text(json.dumps({"credsStore": "slow"}))
+    pid_file = helper_bin / "docker-credential-slow.pid"
+    pid_file.unlink(missing_ok=True)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.setenv("PATH", f"{helper_bin}{os.pathsep}{os.environ.get('PATH', '')}")
+    monkeypatch.setattr(registry_mod, "HELPER_TIMEOUT", 1.0)
+    monkeypatch.setattr(registry_mod, "_CREDENTIALS", {})
+    start = time.monotonic()
+    creds, why = registry_mod.docker_credentials("127.0.0.1:1")
+    assert creds is None and why == "credential helper docker-credential-slow timed out after 1 s"
+    assert time.monotonic() - start < 5
+
+    def running(pid: int) -> bool:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        except OSError:
+            return False
+        return state not in ("Z", "X")
+
+    pid = int(pid_file.read_text())
+    for _ in range(50):
+        if not running(pid):
+            break
+        time.sleep(0.1)
+    assert not running(pid), "the helper's child outlived the timeout"
+
+
+def test_tls_with_a_private_ca(
+    tls_registry: tuple[str, pki.ServerTls], tmp_path: Path, helper_bin: Path, local_entries: list
+) -> None:
+    """https is verified: with SSL_CERT_FILE naming the test CA the htpasswd registry on https is read
+    whole; without it the certificate is not trusted: one line, exit 2, and the password never shows."""
+    host, tls = tls_registry
+    env = docker_env(tmp_path, {"auths": auths(host, SECRET)}, helper_bin, IMGSCAN_INSECURE_REGISTRY="")
+    env.pop("SSL_CERT_DIR", None)
+    ref = f"registry:{host}/{DEMO_REPO}:v1"
+    r = imgscan("ls", ref, "-R", "--json", env={**env, "SSL_CERT_FILE": str(tls.ca)})
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["entries"] == local_entries
+    env.pop("SSL_CERT_FILE", None)
+    r = imgscan("ls", ref, env=env)
+    one_line_error(r, f"https://{host}", "CERTIFICATE_VERIFY_FAILED", "SSL_CERT_FILE")
+    assert not leaked(r)
+
+
+def without_reference(doc: dict[str, Any]) -> dict[str, Any]:
+    """An ls or inspect document less its reference (which names the registry's host and port)."""
+    return {k: v for k, v in doc.items() if k != "reference"}
+
+
+@pytest.fixture(scope="module")
+def direct(demo: str) -> dict[str, dict[str, Any]]:
+    """`ls -R --json` and `inspect --json` straight from the registry, less the reference."""
+    out = {}
+    for cmd, extra in (("ls", ["-R"]), ("inspect", [])):
+        r = imgscan(cmd, f"registry:{demo}:v1", *extra, "--json", "--insecure")
+        assert r.returncode == 0, r.stderr
+        out[cmd] = without_reference(json.loads(r.stdout))
+    return out
+
+
+def _resumed_each_layer(proxy: FaultProxy) -> None:
+    """Every layer blob was asked again from a byte past 0: the dropped transfer resumed, not restarted."""
+    for layer in DEMO_MANIFEST["layers"]:
+        starts = [int(s.range[6:-1]) for s in proxy.ranges() if layer["digest"] in s.path]
+        assert starts and all(0 < n < layer["size"] for n in starts), (layer["digest"], starts)
+
+
+def _waited_retry_after(proxy: FaultProxy) -> None:
+    """Each request answered 429 was sent again no sooner than its Retry-After (1 s)."""
+    for i, s in enumerate(proxy.seen):
+        if s.fault == STATUS:
+            again = next(t for t in proxy.seen[i + 1 :] if (t.method, t.path) == (s.method, s.path))
+            assert again.at - s.at >= 0.9
+
+
+RETRY_AFTER = {"Retry-After": "1"}
+# scenario -> (the faults, a check of what the proxy saw)
+FAULTS: dict[str, tuple[Callable[[], list[Fault]], Callable[[FaultProxy], None] | None]] = {
+    "drop-mid-blob": (lambda: [Fault(DROP, BLOB)], _resumed_each_layer),
+    "reset-mid-blob": (lambda: [Fault(RESET, BLOB)], None),
+    "503-first-ping-manifest-blob": (
+        lambda: [Fault(STATUS, PING), Fault(STATUS, MANIFEST), Fault(STATUS, BLOB)],
+        None,
+    ),
+    "429-retry-after": (
+        lambda: [
+            Fault(STATUS, MANIFEST, status=429, headers=RETRY_AFTER),
+            Fault(STATUS, BLOB, status=429, headers=RETRY_AFTER, per_path=False, times=2),
+        ],
+        _waited_retry_after,
+    ),
+    "range-ignored": (
+        lambda: [Fault(DROP, BLOB), Fault(IGNORE_RANGE, BLOB, times=None)],
+        _resumed_each_layer,
+    ),
+    "range-from-0": (lambda: [Fault(DROP, BLOB), Fault(EARLY_RANGE, BLOB, times=None)], _resumed_each_layer),
+}
+
+
+@pytest.mark.parametrize("scenario", FAULTS)
+def test_faults_heal(scenario: str, registry: str, direct: dict[str, dict[str, Any]]) -> None:
+    """Through a proxy that drops or resets a connection mid-blob (the first GET of every blob, config too),
+    answers 503 or 429 (Retry-After) first, or mishandles the resume's Range (ignores it: a 200 from byte 0;
+    answers a 206 from byte 0), `inspect` and then `ls -R` give what the registry gives directly, and every
+    request that failed was asked again. (The faults count per path over both commands: inspect meets the
+    manifest and config ones, ls those of the layers.)"""
+    faults, check = FAULTS[scenario]
+    with serve_proxy(registry, faults()) as proxy:
+        for cmd, extra in (("inspect", []), ("ls", ["-R"])):
+            r = imgscan(cmd, f"registry:{proxy.host}/{DEMO_REPO}:v1", *extra, "--json", "--insecure")
+            assert r.returncode == 0, r.stderr
+            assert without_reference(json.loads(r.stdout)) == direct[cmd]
+    layers = [layer["digest"] for layer in direct["inspect"]["layers"]]
+    assert layers == [layer["digest"] for layer in DEMO_MANIFEST["layers"]]
+    failed = [s for s in proxy.seen if s.fault in (STATUS, DROP, RESET)]
+    assert failed, "no fault was injected"
+    for s in failed:
+        assert any(t.path == s.path and t.at > s.at for t in proxy.seen), f"{s.path} was not asked again"
+    if check is not None:
+        check(proxy)
+
+
+def test_resume_from_the_wrong_offset_is_an_error(registry: str) -> None:
+    """A 206 whose Content-Range starts past the byte asked for would leave a hole in the layer: one line,
+    exit 2, rather than bytes glued at the wrong place."""
+    faults = [Fault(DROP, BLOB), Fault(LATE_RANGE, BLOB, times=None)]
+    with serve_proxy(registry, faults) as proxy:
+        r = imgscan("ls", f"registry:{proxy.host}/{DEMO_REPO}:v1", "--insecure")
+    one_line_error(r, "asked for bytes from", "Content-Range")
 
 
 def test_remote_blob_is_picklable_and_streams(demo: str) -> None:
-    manifest = json.loads((DEMO / "blobs" / "sha256" / DEMO_DIGEST.split(":")[1]).read_text())
-    layer = manifest["layers"][0]
+    layer = DEMO_MANIFEST["layers"][0]
     host, _, repo = demo.partition("/")
     blob = pickle.loads(pickle.dumps(RemoteBlob(host, repo, layer["digest"], layer["size"], True)))
     with blob.open() as f:

@@ -3,25 +3,31 @@
 Manifests and configs are fetched whole and verified by digest; layers become RemoteBlob locations that a
 worker process opens as a stream (nothing is stored on disk), checked by the layer pipeline's blob digest
 and diff_id.
-https with verified TLS by default; insecure (--insecure) uses plain http. Anonymous,
-Basic and Bearer-token auth, credentials from the docker config's 'auths'; they never appear in messages.
+https with verified TLS by default (SSL_CERT_FILE names a private CA); insecure (--insecure) uses plain
+http. Anonymous, Basic and Bearer-token auth; credentials from the docker config as the docker CLI finds them
+(credHelpers, credsStore, auths); they never appear in messages.
+Requests are retried on 429 (Retry-After), 5xx and dropped connections; blobs resume with Range requests.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import io
 import json
 import os
 import re
+import shutil
+import signal
 import ssl
+import subprocess
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from imgscan.errors import ImgscanError
@@ -45,6 +51,10 @@ _CHUNK = 1 << 20
 _REPO_RE = re.compile(r"^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$")
 _TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-\d+/(?:\d+|\*)$")
+_HELPER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_TOKEN_USER = "<token>"  # docker's username for an identity token from a credential helper
+HELPER_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -81,33 +91,126 @@ def parse_registry_ref(text: str) -> RegistryRef:
     return RegistryRef(host, rest, tag, digest)
 
 
-def _docker_config_auth(host: str) -> tuple[str, str] | None:
-    """(user, password) for host from the docker config's 'auths' (base64 'auth' field), if any."""
-    path = os.path.join(os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker"), "config.json")
-    try:
-        with open(path, "rb") as f:
-            auths = json.load(f).get("auths") or {}
-    except (OSError, ValueError, AttributeError):
-        return None
+@dataclass(frozen=True)
+class Credentials:
+    """A user and secret for one registry host. With identity_token (docker's user '<token>' from a helper,
+    or an auths entry's 'identitytoken') the secret is an OAuth2 refresh token for the Bearer realm, as the
+    docker CLI uses it. repr() leaves the secret out, so no message or traceback can carry it."""
+
+    user: str
+    secret: str = field(repr=False)
+    identity_token: bool = False
+
+
+# (config file, host) -> (credentials or None, where they came from or why there are none). Per process:
+# each worker that opens a blob asks for the same host, and a credential helper runs once.
+_CREDENTIALS: dict[tuple[str, str], tuple[Credentials | None, str]] = {}
+
+
+def _docker_config_path() -> str:
+    return os.path.join(os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker"), "config.json")
+
+
+def docker_credentials(host: str) -> tuple[Credentials | None, str]:
+    """Credentials for host as the docker CLI picks them: the helper named in credHelpers[host], else the
+    credsStore helper, else the 'auths' entry. A configured helper is the only store asked, as in docker:
+    when it has nothing, fails or times out there are no credentials. The text says where they came from
+    or why there are none, for error messages; it never holds a secret."""
+    path = _docker_config_path()
+    key = (path, host)
+    if key not in _CREDENTIALS:
+        try:
+            with open(path, "rb") as f:
+                config = json.load(f)
+        except (OSError, ValueError):
+            config = {}
+        if not isinstance(config, dict):
+            config = {}
+        helpers = config.get("credHelpers")
+        helper = helpers.get(host) if isinstance(helpers, dict) else None
+        helper = helper or config.get("credsStore")
+        if isinstance(helper, str) and helper:
+            _CREDENTIALS[key] = _helper_credentials(helper, host)
+        else:
+            _CREDENTIALS[key] = _auths_credentials(config.get("auths"), host)
+    return _CREDENTIALS[key]
+
+
+def _auths_credentials(auths: Any, host: str) -> tuple[Credentials | None, str]:
+    """The docker config's 'auths' entry for host: base64 'user:password' in 'auth', or 'identitytoken'."""
+    none = f"no credentials for {host} in docker config"
     if not isinstance(auths, dict):
-        return None
+        return None, none
     for key in (host, f"https://{host}", f"http://{host}", f"https://{host}/v1/", f"https://{host}/v2/"):
         entry = auths.get(key)
-        if isinstance(entry, dict) and isinstance(entry.get("auth"), str):
+        if not isinstance(entry, dict):
+            continue
+        if isinstance(entry.get("identitytoken"), str) and entry["identitytoken"]:
+            return Credentials("", entry["identitytoken"], identity_token=True), "docker config auths"
+        if isinstance(entry.get("auth"), str):
             try:
                 user, sep, password = base64.b64decode(entry["auth"]).decode().partition(":")
             except (ValueError, UnicodeDecodeError):
-                return None
-            return (user, password) if sep else None
-    return None
+                return None, f"docker config auths entry for {host} is not base64 'user:password'"
+            if sep:
+                return Credentials(user, password), "docker config auths"
+    return None, none
+
+
+def _helper_credentials(name: str, host: str) -> tuple[Credentials | None, str]:
+    """Run 'docker-credential-NAME get' with host on stdin, as docker does; its answer is JSON with
+    Username and Secret. Its output is never quoted (it may hold the secret)."""
+    program = f"docker-credential-{name}"
+    if not _HELPER_NAME_RE.match(name):
+        return None, f"invalid credential helper name {name!r} in docker config"
+    path = shutil.which(program)
+    if path is None:
+        return None, f"credential helper {program} not found on PATH"
+    try:
+        proc = subprocess.Popen(
+            [path, "get"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # a timeout kills the helper and anything it started
+        )
+    except OSError as e:
+        return None, f"credential helper {program} cannot run ({e.strerror or type(e).__name__})"
+    with proc:
+        try:
+            out, _ = proc.communicate(host.encode(), timeout=HELPER_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(OSError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return None, f"credential helper {program} timed out after {HELPER_TIMEOUT:g} s"
+    if proc.returncode != 0:
+        if b"credentials not found" in out:
+            return None, f"credential helper {program} has no credentials for {host}"
+        return None, f"credential helper {program} failed (exit {proc.returncode})"
+    try:
+        doc = json.loads(out)
+        user, secret = doc["Username"], doc["Secret"]
+    except (ValueError, TypeError, KeyError):
+        return None, f"credential helper {program} answered no Username and Secret"
+    if not isinstance(user, str) or not isinstance(secret, str) or not secret:
+        return None, f"credential helper {program} answered no Username and Secret"
+    if user == _TOKEN_USER:
+        return Credentials("", secret, identity_token=True), f"credential helper {program}"
+    return Credentials(user, secret), f"credential helper {program}"
 
 
 class _NoRedirectAuth(urllib.request.HTTPRedirectHandler):
     """Follow redirects (blob storage) without carrying the registry's Authorization header along."""
 
 
-def _basic(creds: tuple[str, str]) -> str:
-    return "Basic " + base64.b64encode(f"{creds[0]}:{creds[1]}".encode()).decode()
+def _basic(creds: Credentials) -> str:
+    return "Basic " + base64.b64encode(f"{creds.user}:{creds.secret}".encode()).decode()
+
+
+def _origin(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
 
 
 def _error_codes(body: bytes) -> str:
@@ -120,6 +223,11 @@ def _error_codes(body: bytes) -> str:
     return ", ".join(parts)
 
 
+def _content_length(resp: http.client.HTTPResponse) -> int | None:
+    value = (resp.headers.get("Content-Length") or "").strip()
+    return int(value) if value.isdigit() else None
+
+
 class RegistryClient:
     """One repository on one registry: requests with auth challenges, retries and one-line errors."""
 
@@ -128,21 +236,30 @@ class RegistryClient:
         self.repo = repo
         self.base = f"{'http' if insecure else 'https'}://{host}"
         self._auth: str | None = None
-        self._creds = _docker_config_auth(host)
+        self._source = ""  # where the credentials in use came from, for messages
         self._opener = urllib.request.build_opener(_NoRedirectAuth())
 
     @property
     def where(self) -> str:
         return f"registry {self.host}/{self.repo}"
 
-    def _send(self, url: str, method: str, headers: dict[str, str], what: str) -> http.client.HTTPResponse:
+    def _send(
+        self,
+        url: str,
+        method: str,
+        headers: dict[str, str],
+        what: str,
+        auth: str | None = None,
+        data: bytes | None = None,
+    ) -> http.client.HTTPResponse:
         """One request with retries on 429 (Retry-After), 5xx and dropped connections; HTTP errors raised
-        as urllib.error.HTTPError for the caller, everything else as ImgscanError."""
+        as urllib.error.HTTPError for the caller, everything else as ImgscanError. auth goes to url's
+        host only, never along a redirect."""
         delay = 0.5
         for attempt in range(ATTEMPTS):
-            req = urllib.request.Request(url, method=method, headers=headers)
-            if self._auth and url.startswith(self.base):
-                req.add_unredirected_header("Authorization", self._auth)
+            req = urllib.request.Request(url, data=data, method=method, headers=headers)
+            if auth:
+                req.add_unredirected_header("Authorization", auth)
             last = attempt == ATTEMPTS - 1
             try:
                 return self._opener.open(req, timeout=TIMEOUT)
@@ -161,9 +278,14 @@ class RegistryClient:
                 raise
             except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
                 reason = getattr(e, "reason", None) or e
-                if last or isinstance(reason, ssl.SSLError):  # TLS failures do not heal by retrying
+                if isinstance(reason, ssl.SSLCertVerificationError):  # does not heal by retrying
                     raise ImgscanError(
-                        f"{self.where}: {what}: cannot connect to {self.base} ({reason})"
+                        f"{self.where}: {what}: TLS certificate of {_origin(url)} not trusted ({reason}); "
+                        "SSL_CERT_FILE names a CA bundle to trust, --insecure means plain http"
+                    ) from None
+                if last or isinstance(reason, ssl.SSLError):
+                    raise ImgscanError(
+                        f"{self.where}: {what}: cannot connect to {_origin(url)} ({reason})"
                     ) from None
                 time.sleep(delay)
                 delay *= 2
@@ -178,7 +300,7 @@ class RegistryClient:
         hdrs = dict(headers or {})
         for tries in range(2):
             try:
-                return self._send(url, method, hdrs, what)
+                return self._send(url, method, hdrs, what, self._auth)
             except urllib.error.HTTPError as e:
                 body = b"" if method == "HEAD" else e.read(64 << 10)
                 challenge = e.headers.get("WWW-Authenticate", "")
@@ -187,19 +309,23 @@ class RegistryClient:
                     self._authenticate(challenge)
                     continue
                 codes = _error_codes(body)
+                used = f" with credentials from {self._source}" if e.code == 401 and self._source else ""
                 raise ImgscanError(
-                    f"{self.where}: {what}: HTTP {e.code}" + (f" {codes}" if codes else "")
+                    f"{self.where}: {what}: HTTP {e.code}" + (f" {codes}" if codes else "") + used
                 ) from None
         raise AssertionError("unreachable")
 
     def _authenticate(self, challenge: str) -> None:
+        """Answer a Basic or Bearer challenge with the docker config's credentials for the host (a Bearer
+        token from the realm: GET with Basic credentials, or an OAuth2 refresh-token POST for an identity
+        token, as the docker CLI does)."""
         scheme = challenge.split(None, 1)[0].lower()
+        creds, source = docker_credentials(self.host)
         if scheme == "basic":
-            if self._creds is None:
-                raise ImgscanError(
-                    f"{self.where}: UNAUTHORIZED (no credentials for {self.host} in docker config)"
-                )
-            self._auth = _basic(self._creds)
+            if creds is None or creds.identity_token:
+                why = source if creds is None else f"{source} gave an identity token, not Basic credentials"
+                raise ImgscanError(f"{self.where}: UNAUTHORIZED ({why})")
+            self._auth, self._source = _basic(creds), source
             return
         if scheme != "bearer":
             raise ImgscanError(f"{self.where}: unsupported auth scheme {scheme!r}")
@@ -210,32 +336,49 @@ class RegistryClient:
         query = {"scope": params.get("scope") or f"repository:{self.repo}:pull"}
         if params.get("service"):
             query["service"] = params["service"]
-        url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
-        req = urllib.request.Request(url)
-        if self._creds is not None:
-            req.add_unredirected_header("Authorization", _basic(self._creds))
+        what = "token request"
         try:
-            with self._opener.open(req, timeout=TIMEOUT) as resp:
+            if creds is not None and creds.identity_token:
+                form = {**query, "grant_type": "refresh_token", "refresh_token": creds.secret}
+                form["client_id"] = "imgscan"
+                headers = {"Content-Type": "application/x-www-form-urlencoded"}
+                body = urllib.parse.urlencode(form).encode()
+                resp = self._send(realm, "POST", headers, what, data=body)
+            else:
+                url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
+                resp = self._send(url, "GET", {}, what, _basic(creds) if creds else None)
+            with resp:
                 data = json.loads(resp.read(MAX_JSON_BYTES))
         except urllib.error.HTTPError as e:
             e.close()
-            raise ImgscanError(f"{self.where}: token request refused: HTTP {e.code}") from None
-        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError) as e:
+            why = f" with credentials from {source}" if creds is not None else f" ({source})"
+            raise ImgscanError(f"{self.where}: token request refused: HTTP {e.code}{why}") from None
+        except (OSError, http.client.HTTPException, ValueError) as e:
             raise ImgscanError(f"{self.where}: token request failed ({type(e).__name__})") from None
-        token = data.get("token") or data.get("access_token") if isinstance(data, dict) else None
+        token = (data.get("token") or data.get("access_token")) if isinstance(data, dict) else None
         if not isinstance(token, str) or not token:
             raise ImgscanError(f"{self.where}: token response has no token")
-        self._auth = f"Bearer {token}"
+        self._auth, self._source = f"Bearer {token}", source if creds is not None else ""
 
     def fetch(
         self, path: str, digest: str | None, what: str, headers: dict[str, str] | None = None
     ) -> tuple[bytes, http.client.HTTPResponse]:
-        """A small document read whole (size-limited); sha256 checked against digest when given."""
-        with self.request(path, headers=headers, what=what) as resp:
-            try:
-                data = resp.read(MAX_JSON_BYTES + 1)
-            except (OSError, http.client.HTTPException) as e:
-                raise ImgscanError(f"{self.where}: {what}: read error ({type(e).__name__})") from None
+        """A small document read whole (size-limited; a body cut short is fetched again); sha256 checked
+        against digest when given."""
+        data = b""
+        for attempt in range(ATTEMPTS):
+            with self.request(path, headers=headers, what=what) as resp:
+                try:
+                    data = resp.read(MAX_JSON_BYTES + 1)
+                    length = _content_length(resp)
+                    whole = length is None or len(data) >= min(length, MAX_JSON_BYTES + 1)
+                except (OSError, http.client.HTTPException):
+                    whole = False  # http.client reads a short Content-Length body silently, chunked raises
+            if whole:
+                break
+            if attempt == ATTEMPTS - 1:
+                raise ImgscanError(f"{self.where}: {what}: connection dropped {ATTEMPTS} times")
+            time.sleep(0.5 * 2**attempt)
         if len(data) > MAX_JSON_BYTES:
             raise ImgscanError(f"{self.where}: {what} is larger than {MAX_JSON_BYTES} bytes")
         if digest is not None:
@@ -264,7 +407,10 @@ class RemoteBlob:
 
 
 class BlobStream(io.RawIOBase):
-    """Bytes of one blob as they arrive; a connection that drops is resumed with a Range request."""
+    """Bytes of one blob as they arrive; a connection that drops (a short body, a reset, an incomplete
+    chunk) is resumed with a Range request from the first byte not yet handed out. The answer is checked
+    to start there: a 206 by its Content-Range, a 200 (Range ignored) from byte 0; bytes before the
+    position are skipped, a range that starts after it is an error. The layer pipeline checks the digest."""
 
     def __init__(self, client: RegistryClient, digest: str, size: int) -> None:
         self._client = client
@@ -277,17 +423,33 @@ class BlobStream(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    @property
+    def _what(self) -> str:
+        return f"blob {self._digest}"
+
     def _connect(self) -> None:
         headers = {"Range": f"bytes={self._pos}-"} if self._pos else {}
-        resp = self._client.request(f"blobs/{self._digest}", headers=headers, what=f"blob {self._digest}")
-        if self._pos and resp.status != 206:
-            # no range support: skip what was already read
-            skip = self._pos
+        resp = self._client.request(f"blobs/{self._digest}", headers=headers, what=self._what)
+        try:
+            start = 0
+            if resp.status == 206:
+                content_range = resp.headers.get("Content-Range", "")
+                m = _CONTENT_RANGE_RE.match(content_range)
+                start = int(m.group(1)) if m else -1
+                if not 0 <= start <= self._pos:
+                    raise ImgscanError(
+                        f"{self._client.where}: {self._what}: asked for bytes from {self._pos}, "
+                        f"the registry answered Content-Range {content_range[:80]!r}"
+                    )
+            skip = self._pos - start
             while skip:
                 chunk = resp.read(min(skip, _CHUNK))
                 if not chunk:
-                    break
+                    raise ConnectionError("connection dropped before the resume offset")
                 skip -= len(chunk)
+        except BaseException:
+            resp.close()
+            raise
         self._resp = resp
 
     def readinto(self, buf: Any) -> int:
@@ -296,19 +458,22 @@ class BlobStream(io.RawIOBase):
             return 0
         for attempt in range(ATTEMPTS):
             try:
+                if self._resp is None:
+                    self._connect()
                 assert self._resp is not None
-                got = self._resp.readinto(memoryview(buf)[:want])
+                got = self._resp.readinto(memoryview(buf)[:want])  # 0: the body ended short
             except (OSError, http.client.HTTPException):
                 got = 0
             if got:
                 self._pos += got
                 return got
-            if attempt < ATTEMPTS - 1:
+            if self._resp is not None:
                 self._resp.close()
+                self._resp = None
+            if attempt < ATTEMPTS - 1:
                 time.sleep(0.5 * 2**attempt)
-                self._connect()
         raise ImgscanError(
-            f"{self._client.where}: blob {self._digest}: transfer ended at {self._pos} of {self._size} bytes"
+            f"{self._client.where}: {self._what}: transfer ended at {self._pos} of {self._size} bytes"
         )
 
     def close(self) -> None:
