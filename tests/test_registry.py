@@ -9,18 +9,14 @@ with a token server issuing signed JWTs (tests/tokenserver.py), https with a CA 
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import json
 import os
 import pickle
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -29,8 +25,9 @@ from typing import Any
 import pytest
 
 from imgscan.errors import ImgscanError
-from imgscan.sources import registry as registry_mod
-from imgscan.sources.registry import RemoteBlob, parse_registry_ref
+from imgscan.sources import credentials as credentials_mod
+from imgscan.sources.registry import parse_registry_ref
+from imgscan.sources.registry_client import RemoteBlob
 from tests import imagebuild, pki
 from tests.faultproxy import (
     BLOB,
@@ -46,6 +43,7 @@ from tests.faultproxy import (
     FaultProxy,
     serve_proxy,
 )
+from tests.registryserver import serve
 from tests.tokenserver import TokenServer, serve_tokens
 
 DEMO = Path(__file__).resolve().parent.parent / "fixtures" / "demo" / "oci"
@@ -71,45 +69,6 @@ def imgscan(
     return subprocess.run(
         [sys.executable, "-m", "imgscan", *args], capture_output=True, text=True, env=env, timeout=300
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def serve(work: Path, data: Path, extra: str = "", tls: pki.ServerTls | None = None) -> Iterator[str]:
-    """HOST:PORT of a registry with filesystem storage in data (on https with tls), running until the block
-    ends. Readiness is probed over plain http: a TLS port answers that with 400, which is 'up' too."""
-    port = _free_port()
-    config = work / f"config-{port}.yml"
-    https = f"  tls:\n    certificate: {tls.cert}\n    key: {tls.key}\n" if tls else ""
-    config.write_text(
-        f"version: 0.1\nstorage:\n  filesystem:\n    rootdirectory: {data}\n"
-        f"http:\n  addr: 127.0.0.1:{port}\n{https}{extra}"
-    )
-    log_path = work / f"log-{port}"
-    log = open(log_path, "wb")  # noqa: SIM115 - closed after the registry stops
-    proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=log, stderr=log)
-    host = f"127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(f"http://{host}/v2/", timeout=1).close()
-                break
-            except urllib.error.HTTPError:
-                break  # up, asking for credentials
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.fail(f"docker-registry exited: {log_path.read_text()[-2000:]}")
-                time.sleep(0.1)
-        yield host
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -154,15 +113,18 @@ def test_listing_equals_layout_by_tag_and_digest(demo: str) -> None:
     assert by_tag["reference"] == f"registry:{demo}@{DEMO_DIGEST}"
 
 
-def test_cuda_report_equals_layout(demo: str) -> None:
-    def report(ref: str) -> dict:
-        r = imgscan("cuda", ref, "--json", "--insecure")
-        assert r.returncode == 0, r.stderr
-        data = json.loads(r.stdout)
-        data.pop("reference")
-        return data
+def test_scan_by_digest_equals_layout_but_for_source_fields(demo: str) -> None:
+    """scan --json: the image (config, diff_ids), packages, CUDA report and warnings are the layout's; only
+    the source (reference, transport) differs, the manifest and blob digests being the same too."""
 
-    assert report(f"registry:{demo}:v1") == report(f"{DEMO}:demo")
+    def scan(ref: str) -> dict:
+        r = imgscan("scan", ref, "--json", "--insecure")
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    remote, local = scan(f"registry:{demo}@{DEMO_DIGEST}"), scan(f"{DEMO}:demo")
+    assert remote.pop("source")["layers"] == local.pop("source")["layers"]
+    assert remote == local
 
 
 def test_multi_layer_image(registry: str, mini_images: imagebuild.ImageSet) -> None:
@@ -176,8 +138,29 @@ def test_multi_layer_image(registry: str, mini_images: imagebuild.ImageSet) -> N
     assert remote["digest"] == local["digest"]
 
 
+def inspect_json(ref: str) -> dict:
+    r = imgscan("inspect", ref, "--json", "--insecure")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_docker_v2s2_manifest(registry: str) -> None:
+    """The demo pushed as a Docker v2 schema 2 manifest (skopeo --format v2s2): same layers, same tree."""
+    push(f"oci:{DEMO}:demo", f"{registry}/v2s2:v1", "--format", "v2s2")
+    remote = inspect_json(f"registry:{registry}/v2s2:v1")
+    assert remote["manifest_media_type"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert remote["digest"] != DEMO_DIGEST  # another manifest, over the same blobs
+    assert [layer["digest"] for layer in remote["layers"]] == [
+        layer["digest"] for layer in DEMO_MANIFEST["layers"]
+    ]
+    assert (
+        ls_json(f"registry:{registry}/v2s2:v1", "--insecure")["entries"] == ls_json(f"{DEMO}:demo")["entries"]
+    )
+
+
 def test_multi_platform_index(registry: str, tmp_path: Path) -> None:
-    """An index with amd64 and arm64 entries: --platform picks; a platform it lacks is one line, exit 2."""
+    """An index with amd64 and arm64 entries: --platform picks; a platform it lacks is one line, exit 2.
+    The same index pushed as a Docker manifest list picks the same way."""
     layout = tmp_path / "oci"
     shutil.copytree(DEMO, layout)
     desc = json.loads((DEMO / "index.json").read_text())["manifests"][0]
@@ -213,6 +196,17 @@ def test_multi_platform_index(registry: str, tmp_path: Path) -> None:
     r = imgscan("ls", f"registry:{registry}/multi", "--insecure", "--platform", "linux/s390x")
     assert r.returncode == 2 and r.stderr.count("\n") == 1
     assert "no image for platform linux/s390x" in r.stderr
+    push(f"oci:{layout}:multi", f"{registry}/multi-v2s2:latest", "--all", "--format", "v2s2")
+    raw = subprocess.run(
+        ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{registry}/multi-v2s2:latest"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert json.loads(raw)["mediaType"] == "application/vnd.docker.distribution.manifest.list.v2+json"
+    listed = inspect_json(f"registry:{registry}/multi-v2s2")
+    assert listed["manifest_media_type"] == "application/vnd.docker.distribution.manifest.v2+json"
+    arm = ls_json(f"registry:{registry}/multi-v2s2", "--insecure", "--platform", "linux/arm64")
+    assert arm["entries"] == local["entries"]
 
 
 def test_unknown_tag_and_repo_are_one_line(demo: str, registry: str) -> None:
@@ -455,7 +449,7 @@ def test_failing_auth_is_one_line_without_secrets(
 
 
 def test_credentials_repr_hides_the_secret() -> None:
-    creds = registry_mod.Credentials(USER, SECRET)
+    creds = credentials_mod.Credentials(USER, SECRET)
     assert SECRET not in repr(creds) and SECRET not in str(creds)
 
 
@@ -467,10 +461,10 @@ def test_credential_helper_timeout(tmp_path: Path, helper_bin: Path, monkeypatch
     pid_file.unlink(missing_ok=True)
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     monkeypatch.setenv("PATH", f"{helper_bin}{os.pathsep}{os.environ.get('PATH', '')}")
-    monkeypatch.setattr(registry_mod, "HELPER_TIMEOUT", 1.0)
-    monkeypatch.setattr(registry_mod, "_CREDENTIALS", {})
+    monkeypatch.setattr(credentials_mod, "HELPER_TIMEOUT", 1.0)
+    monkeypatch.setattr(credentials_mod, "_CREDENTIALS", {})
     start = time.monotonic()
-    creds, why = registry_mod.docker_credentials("127.0.0.1:1")
+    creds, why = credentials_mod.docker_credentials("127.0.0.1:1")
     assert creds is None and why == "credential helper docker-credential-slow timed out after 1 s"
     assert time.monotonic() - start < 5
 
