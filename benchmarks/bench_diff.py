@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_read import CACHE, build_image
-from benchmarks.measure import measure
+from benchmarks.measure import measure, print_table
 
 TAG = "torch-extra"
 
@@ -72,11 +72,7 @@ def main() -> None:
         shutil.rmtree(layer_cache, ignore_errors=True)
     print(f"images: {base} vs {second}  cores: {os.cpu_count()}  layer cache size: {cache_mb:.0f} MiB")
     print()
-    print("| command | wall s | peak RSS, process tree (MB) |")
-    print("|---|---:|---:|")
-    for name, m in runs.items():
-        status = "" if m.returncode == 0 else f" (exit {m.returncode})"
-        print(f"| {name}{status} | {m.seconds:.1f} | {m.max_tree_rss_mb:.0f} |")
+    print_table(runs, per_process=False)
 
 
 if __name__ == "__main__":

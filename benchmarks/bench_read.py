@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.measure import measure
+from benchmarks.measure import measure, print_table
 from tests.imagebuild import debootstrap_tarball, extract_tarball
 
 TORCH = "torch==2.14.1"
@@ -138,12 +138,7 @@ def main() -> None:
         f"cores: {os.cpu_count()}"
     )
     print()
-    print("| command | wall s | peak RSS, largest process (MB) | peak RSS, process tree (MB) |")
-    print("|---|---:|---:|---:|")
-    print(f"| Python zlib decompress only (floor, 1 core) | {floor:.1f} | - | - |")
-    for name, m in runs.items():
-        status = "" if m.returncode == 0 else f" (exit {m.returncode})"
-        print(f"| {name}{status} | {m.seconds:.1f} | {m.max_process_rss_mb:.0f} | {m.max_tree_rss_mb:.0f} |")
+    print_table(runs, (f"| Python zlib decompress only (floor, 1 core) | {floor:.1f} | - | - |",))
 
 
 if __name__ == "__main__":

@@ -67,3 +67,19 @@ def _wrapper_rss(pid: int) -> int:
             return int(f.read().rsplit(")", 1)[1].split()[21]) * _PAGE
     except OSError:
         return 0
+
+
+def print_table(
+    runs: dict[str, Measurement], extra_rows: tuple[str, ...] = (), per_process: bool = True
+) -> None:
+    """The markdown table every benchmark prints: wall time and peak RSS per command (extra_rows, already
+    formatted, come first)."""
+    process = " peak RSS, largest process (MB) |" if per_process else ""
+    print(f"| command | wall s |{process} peak RSS, process tree (MB) |")
+    print("|---|---:|" + ("---:|" if per_process else "") + "---:|")
+    for row in extra_rows:
+        print(row)
+    for name, m in runs.items():
+        status = "" if m.returncode == 0 else f" (exit {m.returncode})"
+        process_cell = f" {m.max_process_rss_mb:.0f} |" if per_process else ""
+        print(f"| {name}{status} | {m.seconds:.1f} |{process_cell} {m.max_tree_rss_mb:.0f} |")
