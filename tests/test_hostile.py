@@ -37,7 +37,7 @@ BAIT_SIZE = 12_345
 BAIT_MARK = "imgscan-bait-content"
 GIB = 1 << 30
 RSS_LIMIT_KB = 1_500_000  # 1.5 GB for a million entries
-SMALL_RSS_LIMIT_KB = 1_000_000  # 1 GB for everything streamed (bomb, huge claimed sizes)
+SMALL_RSS_LIMIT_KB = 200_000  # 200 MB for everything streamed (bomb, huge claimed sizes)
 
 
 @dataclass
