@@ -44,6 +44,7 @@ from tests.faultproxy import (
     serve_proxy,
 )
 from tests.registryserver import serve
+from tests.sbomcheck import assert_valid
 from tests.tokenserver import TokenServer, serve_tokens
 
 DEMO = Path(__file__).resolve().parent.parent / "fixtures" / "demo" / "oci"
@@ -125,6 +126,16 @@ def test_scan_by_digest_equals_layout_but_for_source_fields(demo: str) -> None:
     remote, local = scan(f"registry:{demo}@{DEMO_DIGEST}"), scan(f"{DEMO}:demo")
     assert remote.pop("source")["layers"] == local.pop("source")["layers"]
     assert remote == local
+
+
+def test_sbom_names_the_registry_image(demo: str, tmp_path: Path) -> None:
+    """The SBOM of a registry: image is valid and names where it came from: pkg:oci with repository_url."""
+    out = tmp_path / "sbom.json"
+    r = imgscan("sbom", f"registry:{demo}:v1", "-o", str(out), "--insecure")
+    assert r.returncode == 0, r.stderr
+    assert_valid(out)
+    component = json.loads(out.read_text())["metadata"]["component"]
+    assert component["purl"] == f"pkg:oci/demo@{DEMO_DIGEST}?arch=amd64&repository_url={demo}&tag=v1"
 
 
 def test_multi_layer_image(registry: str, mini_images: imagebuild.ImageSet) -> None:

@@ -15,11 +15,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from cyclonedx.schema import SchemaVersion
-from cyclonedx.validation.json import JsonStrictValidator
-from cyclonedx.validation.xml import XmlValidator
-from spdx_tools.spdx.parser.json import json_parser
-from spdx_tools.spdx.validation.document_validator import validate_full_spdx_document
 
 from imgscan.catalog.model import Package
 from imgscan.errors import ImgscanError
@@ -34,6 +29,7 @@ from imgscan.sbom.read import read_cyclonedx_json
 from imgscan.sources.image import Image
 from imgscan.sources.refs import open_image
 from tests.imagebuild import DOCKER_REPO_TAG, FINAL_TAG, ImageSet
+from tests.sbomcheck import assert_valid
 
 DEMO = Path(__file__).resolve().parent.parent / "fixtures" / "demo"
 OCI, SIF = str(DEMO / "oci"), str(DEMO / "demo.sif")
@@ -72,16 +68,6 @@ def json_of(*args: str | Path) -> dict:
     proc = imgscan(*args)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
-
-
-def assert_valid(path: Path, fmt: str, version: str | None) -> None:
-    """The validator that fits the document: strict CycloneDX JSON or XML at its version, or spdx-tools'."""
-    if fmt == "spdx-json":
-        assert validate_full_spdx_document(json_parser.parse_from_file(str(path))) == []
-        return
-    schema = SchemaVersion.from_version(version or "1.6")
-    validator = XmlValidator(schema) if fmt == "cyclonedx-xml" else JsonStrictValidator(schema)
-    assert validator.validate_str(path.read_text()) is None
 
 
 def walk(components: list[dict], parent: dict | None = None):
@@ -324,7 +310,12 @@ def test_stdout_without_output(demo: dict[str, Path]) -> None:
 
 
 def _image(transport: str, tags: list[str], digest: str | None = "sha256:" + "ab" * 32) -> Image:
-    location = {"dir": "/x/rootfs", "singularity": "/x/My.sif"}.get(transport, "/x/layout")
+    location = {
+        "dir": "/x/rootfs",
+        "singularity": "/x/My.sif",
+        "registry": "127.0.0.1:5000/imgscan/demo",
+        "docker": "imgscan/demo:v1",
+    }.get(transport, "/x/layout")
     return Image(
         reference=f"{transport}:{location}" + (f"@{digest}" if digest and transport != "singularity" else ""),
         transport=transport,
@@ -358,6 +349,19 @@ def _image(transport: str, tags: list[str], digest: str | None = "sha256:" + "ab
             "ghcr.io/org/app",
             "pkg:docker/org/app@sha256:{d}?repository_url=ghcr.io&tag=2",
         ),
+        (
+            "registry",
+            ["v1"],
+            "127.0.0.1:5000/imgscan/demo",
+            "pkg:oci/demo@sha256:{d}?arch=amd64&repository_url=127.0.0.1:5000/imgscan/demo&tag=v1",
+        ),
+        (
+            "registry",
+            [],
+            "127.0.0.1:5000/imgscan/demo",
+            "pkg:oci/demo@sha256:{d}?arch=amd64&repository_url=127.0.0.1:5000/imgscan/demo",
+        ),
+        ("docker", ["imgscan/demo:v1"], "imgscan/demo", "pkg:docker/imgscan/demo@sha256:{d}?tag=v1"),
         ("singularity", [], "My", None),  # the purl name is lowercase; the component keeps the file's
         ("dir", [], "rootfs", None),
     ],

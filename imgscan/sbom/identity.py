@@ -1,8 +1,9 @@
 """Who the image is: its name, digest and purl, from its tags or, failing that, the name of its file.
 
-purl types: an OCI layout or archive is pkg:oci (version = manifest digest, name = last path component,
-lowercase; repository_url only when a tag names a registry). A docker-archive has no manifest digest, only
-the image ID (config digest), which is what pkg:docker's version means. A SIF or a directory has no
+purl types: an OCI layout or archive, or a registry: image, is pkg:oci (version = manifest digest, name =
+last path component, lowercase; repository_url when a tag or the registry: reference names a registry).
+A docker-archive or a docker: daemon image has no manifest digest, only the image ID (config digest),
+which is what pkg:docker's version means. A SIF or a directory has no
 registry identity at all: no purl, and the SIF keeps its file sha256 as the hash.
 """
 
@@ -17,6 +18,7 @@ from imgscan.sbom.model import NS, ImageInfo
 from imgscan.sources.image import Image, LayerRef
 
 _EXTENSIONS = (".sif", ".tar", ".oci")
+_PURL_TRANSPORTS = ("oci-dir", "oci-archive", "registry", "docker-archive", "docker")
 
 
 def _split(reference: str) -> tuple[str, str | None]:
@@ -54,12 +56,22 @@ def _location_name(image: Image) -> str:
     return base
 
 
+def _pulled_from(image: Image) -> str | None:
+    """HOST[:PORT]/REPO of a registry: image, the repository it came from whatever its tags say."""
+    if image.transport != "registry":
+        return None
+    return image.reference.removeprefix("registry:").split("@", 1)[0]
+
+
 def _purl(image: Image, repository: str | None, name: str, tag: str | None) -> str | None:
-    if image.digest is None or image.transport not in ("oci-dir", "oci-archive", "docker-archive"):
+    if image.digest is None or image.transport not in _PURL_TRANSPORTS:
         return None
     repository = repository or name
-    registry = _has_registry(repository)
-    if image.transport == "docker-archive":  # pkg:docker/NAMESPACE/NAME, the registry host as qualifier
+    registry = image.transport == "registry" or _has_registry(repository)
+    if image.transport in (
+        "docker-archive",
+        "docker",
+    ):  # pkg:docker/NAMESPACE/NAME, the registry host as qualifier
         host, _, path = repository.partition("/") if registry else ("", "", repository)
         namespace, _, last = path.rpartition("/")
         qualifiers = {"repository_url": host, "tag": tag}
@@ -88,6 +100,7 @@ def image_info(image: Image) -> ImageInfo:
     """The image's identity and the facts about it that hold no host path (platform, tags, labels, Env,
     Entrypoint/Cmd as JSON, layers): what `imgscan diff` compares between two SBOMs."""
     repository, tag = _named_tag(image.tags)
+    repository = _pulled_from(image) or repository
     name = repository or _location_name(image)
     purl = _purl(image, repository, name, tag)
     config = image.container_config
