@@ -29,10 +29,12 @@ def docker_cli(host: str, *args: str) -> str:
 
 
 @contextlib.contextmanager
-def running_dockerd(root: Path, start_timeout: float = 60) -> Iterator[str]:
-    """DOCKER_HOST of a dockerd living under root until the block ends; its storage is removed then."""
+def running_dockerd(root: Path, tcp_port: int | None = None, start_timeout: float = 60) -> Iterator[str]:
+    """DOCKER_HOST (unix socket) of a dockerd living under root until the block ends, also listening on
+    tcp://127.0.0.1:tcp_port when given (plain, loopback only); its storage is removed at the end."""
     root.mkdir(parents=True, exist_ok=True)
     host = f"unix://{root / 'docker.sock'}"
+    tcp = [f"--host=tcp://127.0.0.1:{tcp_port}"] if tcp_port else []
     log_path = root / "dockerd.log"
     with open(log_path, "wb") as log:
         daemon = subprocess.Popen(
@@ -46,6 +48,7 @@ def running_dockerd(root: Path, start_timeout: float = 60) -> Iterator[str]:
                 f"--exec-root={root / 'exec'}",
                 f"--pidfile={root / 'dockerd.pid'}",
                 f"--host={host}",
+                *tcp,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

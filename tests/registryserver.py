@@ -4,7 +4,6 @@ the registry: tests and benchmarks/bench_remote.py."""
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import time
 import urllib.error
@@ -13,19 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from tests import pki
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.loopback import free_port
 
 
 @contextlib.contextmanager
 def serve(work: Path, data: Path, extra: str = "", tls: pki.ServerTls | None = None) -> Iterator[str]:
     """HOST:PORT of a registry with filesystem storage in data (on https with tls), running until the block
     ends. Readiness is probed over plain http: a TLS port answers that with 400, which is 'up' too."""
-    port = _free_port()
+    port = free_port()
     config = work / f"config-{port}.yml"
     https = f"  tls:\n    certificate: {tls.cert}\n    key: {tls.key}\n" if tls else ""
     config.write_text(

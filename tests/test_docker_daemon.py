@@ -6,13 +6,16 @@ but the source fields, and a layer far larger than the memory limit must stream 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
+import socket
 import subprocess
 import tarfile
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +23,13 @@ import pytest
 
 from tests import imagebuild
 from tests.dockerd import available, docker_cli, running_dockerd
+from tests.loopback import free_port
 from tests.measured import run_imgscan
+from tests.sbomcheck import assert_valid
 
 DEMO = Path(__file__).resolve().parent.parent / "fixtures" / "demo" / "oci"
 BIG_FILE_BYTES = 384 << 20
-BIG_RSS_LIMIT_KB = 200 << 10
+BIG_RSS_LIMIT_KB = 120 << 10
 
 pytestmark = pytest.mark.skipif(
     not (available() and shutil.which("skopeo")),
@@ -44,8 +49,14 @@ def imgscan(*args: str, docker_host: str) -> tuple[subprocess.CompletedProcess[s
 
 
 @pytest.fixture(scope="module")
-def dockerd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with running_dockerd(tmp_path_factory.mktemp("dockerd")) as host:
+def dockerd_tcp_port() -> int:
+    return free_port()
+
+
+@pytest.fixture(scope="module")
+def dockerd(tmp_path_factory: pytest.TempPathFactory, dockerd_tcp_port: int) -> Iterator[str]:
+    """The unix-socket DOCKER_HOST of a dockerd that also listens on tcp://127.0.0.1:dockerd_tcp_port."""
+    with running_dockerd(tmp_path_factory.mktemp("dockerd"), dockerd_tcp_port) as host:
         yield host
 
 
@@ -75,6 +86,17 @@ def test_scan_equals_the_oci_layout_but_for_source_fields(dockerd: str, demo: st
     # the everyday gate gives the same verdict: the demo's cuDNN pin mismatch is an error
     result, _ = imgscan("scan", f"docker:{demo}", "--fail-on", "error", docker_host=dockerd)
     assert result.returncode == 1 and "cuda.pin-mismatch" in result.stdout
+
+
+def test_sbom_names_the_daemon_image(dockerd: str, demo: str, tmp_path: Path) -> None:
+    """The SBOM of a docker: image is valid and names it as Docker does: pkg:docker, version = image ID."""
+    image_id = docker_cli(dockerd, "image", "inspect", "--format", "{{.Id}}", demo)
+    out = tmp_path / "sbom.json"
+    result, _ = imgscan("sbom", f"docker:{demo}", "-o", str(out), docker_host=dockerd)
+    assert result.returncode == 0, result.stderr
+    assert_valid(out)
+    component = json.loads(out.read_text())["metadata"]["component"]
+    assert component["purl"] == f"pkg:docker/imgscan/demo@{image_id}?tag=v1"
 
 
 def ls_json(ref: str, host: str) -> list[dict]:
@@ -148,3 +170,57 @@ def test_missing_daemon_is_one_line(tmp_path: Path) -> None:
     host = f"unix://{tmp_path}/absent.sock"
     result, _ = imgscan("inspect", "docker:imgscan/demo:v1", docker_host=host)
     assert_one_error_line(result, "cannot reach the Docker daemon", host)
+
+
+@contextlib.contextmanager
+def cutting_proxy(upstream_port: int, cut_after: int) -> Iterator[str]:
+    """tcp://HOST:PORT of a loopback forwarder to upstream_port that closes a connection once cut_after
+    bytes have come back on it: a daemon connection lost in the middle of `docker save`."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def pump(src: socket.socket, dst: socket.socket, budget: int | None) -> None:
+        sent = 0
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                if budget is not None and sent + len(data) > budget:
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        for sock in (src, dst):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            upstream = socket.create_connection(("127.0.0.1", upstream_port))
+            threading.Thread(target=pump, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=pump, args=(upstream, client, cut_after), daemon=True).start()
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_docker_host_over_tcp(dockerd: str, demo: str, dockerd_tcp_port: int) -> None:
+    """DOCKER_HOST names the daemon however it listens: the same listing over tcp as over the socket."""
+    assert ls_json(f"docker:{demo}", f"tcp://127.0.0.1:{dockerd_tcp_port}") == ls_json(
+        f"docker:{demo}", dockerd
+    )
+
+
+def test_a_save_stream_cut_short_is_one_line(dockerd: str, demo: str, dockerd_tcp_port: int) -> None:
+    """The connection dies 2 MB into the 6 MB save stream: one line naming the image, exit 2."""
+    with cutting_proxy(dockerd_tcp_port, 2 << 20) as host:
+        result, _ = imgscan("ls", f"docker:{demo}", "-R", docker_host=host)
+    assert_one_error_line(result, f"docker:{demo}")

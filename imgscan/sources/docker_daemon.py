@@ -35,12 +35,11 @@ _TRANSFER_ERRORS = (
 
 
 class ChunkStream(io.RawIOBase):
-    """A generator of byte chunks (the SDK's save stream) as a readable stream; transfer errors become
-    one ImgscanError naming where."""
+    """A generator of byte chunks (the SDK's save stream) as a readable stream; a transfer error becomes
+    one ImgscanError (the reader of the stream names the source)."""
 
-    def __init__(self, chunks: Iterator[bytes], where: str) -> None:
+    def __init__(self, chunks: Iterator[bytes]) -> None:
         self._chunks = chunks
-        self._where = where
         self._pending = memoryview(b"")
 
     def readable(self) -> bool:
@@ -51,7 +50,7 @@ class ChunkStream(io.RawIOBase):
             try:
                 chunk = next(self._chunks, None)
             except _TRANSFER_ERRORS as e:
-                raise ImgscanError(f"{self._where}: save stream broke ({_reason(e)})") from None
+                raise ImgscanError(f"save stream broke ({_reason(e)})") from None
             if chunk is None:
                 return 0
             self._pending = memoryview(chunk)
@@ -93,7 +92,7 @@ def open_docker(name: str, limits: Limits) -> Image:
             chunks = client.api.get_image(image_id, chunk_size=_CHUNK)
         except _TRANSFER_ERRORS as e:
             raise ImgscanError(f"{where}: save failed ({_reason(e)})") from None
-        with ChunkStream(chunks, where) as stream:
+        with ChunkStream(chunks) as stream:
             saved, layers = read_saved_stream(stream, None, where, limits)  # type: ignore[arg-type]
     finally:
         client.close()

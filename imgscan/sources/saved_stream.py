@@ -48,23 +48,27 @@ class _Pass:
         self._kept_bytes = 0
 
     def read(self, raw: BinaryIO) -> None:
+        """The whole pass; any failure of the stream itself (cut short, not a tar) names the source."""
         reader = TarReader(raw)
-        for member in reader:
-            name = clean_path(member.name)
-            if not name:
-                continue
-            if len(self.members) >= self.limits.max_entries:
-                raise ImgscanError(f"{self.where}: more than {self.limits.max_entries} archive members")
-            self.members[name] = member
-            if member.type in FILE_TYPES:
-                self._take(name, member, reader)
+        try:
+            for member in reader:
+                name = clean_path(member.name)
+                if not name:
+                    continue
+                if len(self.members) >= self.limits.max_entries:
+                    raise ImgscanError(f"more than {self.limits.max_entries} archive members")
+                self.members[name] = member
+                if member.type in FILE_TYPES:
+                    self._take(name, member, reader)
+        except ImgscanError as e:
+            raise ImgscanError(f"{self.where}: {e}") from None
 
     def _take(self, name: str, member: TarMember, reader: TarReader) -> None:
         data = io.BufferedReader(MemberData(reader), 1 << 16)
         if member.size <= SMALL_MEMBER or (member.size <= MAX_JSON_BYTES and data.peek(1)[:1] == b"{"):
             self._kept_bytes += member.size
             if self._kept_bytes > MAX_KEPT_BYTES:
-                raise ImgscanError(f"{self.where}: more than {MAX_KEPT_BYTES} bytes of metadata members")
+                raise ImgscanError(f"more than {MAX_KEPT_BYTES} bytes of metadata members")
             self.kept[name] = data.read()
             return
         try:
