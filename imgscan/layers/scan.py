@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from imgscan.layers.cache import LayerCache
@@ -13,6 +13,7 @@ from imgscan.layers.index import LayerIndex, Limits
 from imgscan.layers.merge import merge
 from imgscan.layers.squashfs import index_squashfs
 from imgscan.layers.tarstream import index_tar
+from imgscan.progress import LayerProgress
 from imgscan.sources.image import HOSTDIR, SQUASHFS, TAR, Image, LayerRef
 
 
@@ -63,6 +64,24 @@ def _take_indexed(ref: LayerRef) -> LayerIndex | None:
     return index
 
 
+def _index_all(
+    todo: list[LayerRef], limits: Limits, progress: LayerProgress
+) -> list[tuple[LayerRef, LayerIndex]]:
+    """Index each layer (one process per core when there are several), reporting each as it finishes."""
+    if _workers(len(todo)) == 1:
+        done = []
+        for ref in todo:
+            done.append((ref, index_layer(ref, limits)))
+            progress.layer_done(ref.size)
+        return done
+    with ProcessPoolExecutor(max_workers=_workers(len(todo))) as pool:
+        futures = {pool.submit(index_layer, ref, limits): ref for ref in todo}
+        for future in as_completed(futures):
+            future.result()  # the first failure stops the scan
+            progress.layer_done(futures[future].size)
+        return [(ref, future.result()) for future, ref in futures.items()]
+
+
 def scan_image(image: Image, limits: Limits, cache: LayerCache | None = None) -> MergedImage:
     """Index all layers (cached ones from cache, the rest one process per core, lowest layers first) and
     merge them in order. Layers a source indexed already (docker:) are taken as they are."""
@@ -76,12 +95,11 @@ def scan_image(image: Image, limits: Limits, cache: LayerCache | None = None) ->
             found[ref.index] = index
         else:
             todo.append(ref)
-    workers = _workers(len(todo))
-    if workers == 1:
-        read += [(ref, index_layer(ref, limits)) for ref in todo]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            read += zip(todo, pool.map(index_layer, todo, [limits] * len(todo)), strict=True)
+    progress = LayerProgress(len(todo), sum(ref.size or 0 for ref in todo))
+    try:
+        read += _index_all(todo, limits, progress)
+    finally:
+        progress.done()
     for ref, index in read:
         if cache is not None and ref.format == TAR:
             cache.put(index)  # before merge(), which changes the indexes it applies
