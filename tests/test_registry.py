@@ -27,7 +27,7 @@ import pytest
 from imgscan.errors import ImgscanError
 from imgscan.sources import credentials as credentials_mod
 from imgscan.sources.registry import parse_registry_ref
-from imgscan.sources.registry_client import RemoteBlob
+from imgscan.sources.registry_client import RegistryClient, RemoteBlob
 from tests import imagebuild, pki
 from tests.faultproxy import (
     BLOB,
@@ -626,3 +626,20 @@ def test_reference_parsing() -> None:
     digest = "sha256:" + "a" * 64
     ref = parse_registry_ref(f"h:1/a@{digest}")
     assert (ref.repo, ref.tag, ref.digest) == ("a", None, digest)
+
+
+def test_docker_hub_names(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docker.io is Docker Hub as the docker CLI means it: official images under library/, the API at
+    registry-1.docker.io, credentials filed under https://index.docker.io/v1/ (not reachable offline: the
+    names are checked, not a pull)."""
+    assert parse_registry_ref("docker.io/python:3.11").repo == "library/python"
+    assert parse_registry_ref("docker.io/pytorch/pytorch:2.4").repo == "pytorch/pytorch"
+    assert parse_registry_ref("ghcr.io/python:3.11").repo == "python"
+    assert RegistryClient("docker.io", "library/python", False).base == "https://registry-1.docker.io"
+    (tmp_path / "config.json").write_text(
+        json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": b64(f"{USER}:{SECRET}")}}})
+    )
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    monkeypatch.setattr(credentials_mod, "_CREDENTIALS", {})
+    creds, source = credentials_mod.docker_credentials("docker.io")
+    assert creds == credentials_mod.Credentials(USER, SECRET) and source == "docker config auths"

@@ -15,6 +15,8 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
+DOCKER_HUB_HOSTS = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
+DOCKER_HUB_KEY = "https://index.docker.io/v1/"  # where `docker login` files Docker Hub's credentials
 _HELPER_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TOKEN_USER = "<token>"  # docker's username for an identity token from a credential helper
 HELPER_TIMEOUT = 10.0
@@ -45,6 +47,7 @@ def docker_credentials(host: str) -> tuple[Credentials | None, str]:
     credsStore helper, else the 'auths' entry. A configured helper is the only store asked, as in docker:
     when it has nothing, fails or times out there are no credentials. The text says where they came from
     or why there are none, for error messages; it never holds a secret."""
+    host = DOCKER_HUB_KEY if host in DOCKER_HUB_HOSTS else host
     path = _docker_config_path()
     key = (path, host)
     if key not in _CREDENTIALS:

@@ -17,6 +17,7 @@ from typing import Any
 
 from imgscan.errors import ImgscanError
 from imgscan.sources.blobs import blob_name, parse_json
+from imgscan.sources.credentials import DOCKER_HUB_HOSTS
 from imgscan.sources.image import TAR, Image, LayerRef
 from imgscan.sources.oci import INDEX_TYPES, MANIFEST_TYPES, _pick_platform, diff_ids_of, format_platform
 from imgscan.sources.registry_client import RegistryClient, RemoteBlob
@@ -47,7 +48,8 @@ class RegistryRef:
 
 
 def parse_registry_ref(text: str) -> RegistryRef:
-    """'HOST[:PORT]/REPO[:TAG|@sha256:...]'; the tag defaults to 'latest'."""
+    """'HOST[:PORT]/REPO[:TAG|@sha256:...]'; the tag defaults to 'latest'. docker.io is Docker Hub (its API
+    host and credential key are the client's business), where a one-component name is library/NAME."""
     host, slash, rest = text.partition("/")
     if not slash or not host or not rest:
         raise ImgscanError(f"registry:{text}: expected registry:HOST[:PORT]/REPO[:TAG|@sha256:...]")
@@ -65,6 +67,8 @@ def parse_registry_ref(text: str) -> RegistryRef:
             tag = "latest"
     if not _REPO_RE.match(rest):
         raise ImgscanError(f"registry:{text}: invalid repository name {rest!r}")
+    if host in DOCKER_HUB_HOSTS and "/" not in rest:
+        rest = f"library/{rest}"  # Docker Hub's official images, as `docker pull python` means them
     return RegistryRef(host, rest, tag, digest)
 
 

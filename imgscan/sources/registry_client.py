@@ -21,12 +21,13 @@ from typing import Any
 
 from imgscan.errors import ImgscanError
 from imgscan.sources.blobs import MAX_JSON_BYTES
-from imgscan.sources.credentials import Credentials, docker_credentials
+from imgscan.sources.credentials import DOCKER_HUB_HOSTS, Credentials, docker_credentials
 
 TIMEOUT = 60.0
 ATTEMPTS = 5
 MAX_RETRY_AFTER = 30.0
 _CHUNK = 1 << 20
+DOCKER_HUB_API = "registry-1.docker.io"  # docker.io names Docker Hub; its distribution API lives here
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-\d+/(?:\d+|\*)$")
 
@@ -65,7 +66,8 @@ class RegistryClient:
     def __init__(self, host: str, repo: str, insecure: bool) -> None:
         self.host = host
         self.repo = repo
-        self.base = f"{'http' if insecure else 'https'}://{host}"
+        api_host = DOCKER_HUB_API if host in DOCKER_HUB_HOSTS else host
+        self.base = f"{'http' if insecure else 'https'}://{api_host}"
         self._auth: str | None = None
         self._source = ""  # where the credentials in use came from, for messages
         self._opener = urllib.request.build_opener(_NoRedirectAuth())
