@@ -6,12 +6,12 @@ calls collect_content() with a reader over the file's bytes, so the rules live i
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Callable, Iterator
 
 from imgscan.elf.scan import ElfScanner
 from imgscan.layers.entry import FILE, Entry
+from imgscan.layers.streams import HashThread
 
 ELF_MAGIC = b"\x7fELF"
 MIN_ELF_SIZE = 52  # an ELF32 header
@@ -70,7 +70,7 @@ def collect_content(path: str, entry: Entry, read: Callable[[int], bytes]) -> No
     if head != ELF_MAGIC or entry.size < MIN_ELF_SIZE:
         return
     scanner = ElfScanner(entry.size)
-    digest = hashlib.sha256()
+    digest = HashThread()  # hashed beside the scan: libtorch_cuda.so alone is 479 MB
     for chunk in _chunks(entry.content, head, read):
         scanner.feed(chunk)
         digest.update(chunk)

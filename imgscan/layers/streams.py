@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import io
+import queue
+import threading
 import zlib
 from typing import Any, BinaryIO
 
@@ -20,12 +22,41 @@ GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
+class HashThread:
+    """SHA-256 computed on a thread beside the reader: hashlib releases the GIL on large buffers, so the
+    hash of a layer overlaps its decompression and parsing on another core. At most _QUEUED chunks wait."""
+
+    _QUEUED = 8
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue[bytes | None] = queue.Queue(self._QUEUED)
+        self._thread = threading.Thread(target=self._run, name="sha256", daemon=True)
+        self._thread.start()
+        self._result: str | None = None
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            self._hash.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        self._queue.put(chunk)
+
+    def hexdigest(self) -> str:
+        """The digest of everything given so far; the thread ends (nothing may be added after)."""
+        if self._result is None:
+            self._queue.put(None)
+            self._thread.join()
+            self._result = self._hash.hexdigest()
+        return self._result
+
+
 class DigestReader(io.RawIOBase):
-    """Passes bytes through while hashing and counting them."""
+    """Passes bytes through while hashing (on a HashThread) and counting them."""
 
     def __init__(self, raw: BinaryIO) -> None:
         self._raw = raw
-        self._hash = hashlib.sha256()
+        self._hash = HashThread()
         self.count = 0
 
     def readable(self) -> bool:
@@ -34,9 +65,14 @@ class DigestReader(io.RawIOBase):
     def readinto(self, buf: Any) -> int:
         n = self._raw.readinto(buf)
         if n:
-            self._hash.update(memoryview(buf)[:n])
+            self._hash.update(bytes(memoryview(buf)[:n]))  # a copy: the caller reuses buf
             self.count += n
         return n or 0
+
+    def close(self) -> None:
+        """Stops the hash thread too (a layer that failed half-way leaves no thread behind)."""
+        self._hash.hexdigest()
+        super().close()
 
     def drain(self) -> None:
         """Read to the end, so the digest covers the whole stream (tar padding, trailing blocks)."""

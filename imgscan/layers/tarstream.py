@@ -36,6 +36,34 @@ def _entry_of(m: tarparse.TarMember, layer: int) -> Entry | None:
     return Entry(kind, m.mode, m.uid, m.gid, 0, m.mtime, layer, None, m.devmajor, m.devminor)
 
 
+def _index_members(
+    reader: tarparse.TarReader,
+    builder: LayerIndexBuilder,
+    layer: int,
+    label: str,
+    streams: list[DigestReader],
+) -> None:
+    """Every member into builder, then the streams read to their end (so their digests cover everything);
+    a failure of the stream or of the tar names the layer."""
+    try:
+        for member in reader:
+            entry = _entry_of(member, layer)
+            if entry is None:
+                builder.warn(f"skipped tar entries of unsupported type {chr(member.type)!r}", member.name)
+                continue
+            path = builder.add(member.name, entry)
+            if path is not None:
+                collect_content(path, entry, reader.read_data)
+        if reader.missing_end_marker:
+            builder.warn("tar stream ends without an end-of-archive marker (truncated?)", label)
+        for stream in streams:
+            stream.drain()
+    except ImgscanError as e:
+        raise ImgscanError(f"{label}: {e}") from None
+    except OSError as e:
+        raise ImgscanError(f"{label}: read error ({e})") from None
+
+
 def index_tar(
     raw: BinaryIO,
     layer: int,
@@ -56,31 +84,19 @@ def index_tar(
     )
     uncompressed = DigestReader(guard)
     builder = LayerIndexBuilder(layer, limits)
-    reader = tarparse.TarReader(uncompressed)
     try:
-        for member in reader:
-            entry = _entry_of(member, layer)
-            if entry is None:
-                builder.warn(f"skipped tar entries of unsupported type {chr(member.type)!r}", member.name)
-                continue
-            path = builder.add(member.name, entry)
-            if path is not None:
-                collect_content(path, entry, reader.read_data)
-        if reader.missing_end_marker:
-            builder.warn("tar stream ends without an end-of-archive marker (truncated?)", label)
-        uncompressed.drain()
-        compressed.drain()
-    except ImgscanError as e:
-        raise ImgscanError(f"{label}: {e}") from None
-    except OSError as e:
-        raise ImgscanError(f"{label}: read error ({e})") from None
-    if digest is not None and compressed.digest() != digest:
-        raise ImgscanError(f"{label}: blob digest mismatch: expected {digest}, got {compressed.digest()}")
-    if diff_id is not None and uncompressed.digest() != diff_id:
-        raise ImgscanError(
-            f"{label}: diff_id mismatch: config says {diff_id}, uncompressed layer is {uncompressed.digest()}"
-        )
+        _index_members(tarparse.TarReader(uncompressed), builder, layer, label, [uncompressed, compressed])
+        blob, tar = compressed.digest(), uncompressed.digest()
+        if digest is not None and blob != digest:
+            raise ImgscanError(f"{label}: blob digest mismatch: expected {digest}, got {blob}")
+        if diff_id is not None and tar != diff_id:
+            raise ImgscanError(
+                f"{label}: diff_id mismatch: config says {diff_id}, uncompressed layer is {tar}"
+            )
+    finally:
+        uncompressed.close()
+        compressed.close()
     index = builder.finish()
-    index.diff_id = uncompressed.digest()
+    index.diff_id = tar
     index.uncompressed_size = uncompressed.count
     return index
