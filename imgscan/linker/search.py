@@ -5,7 +5,10 @@ Breadth-first from the root object; for each DT_NEEDED of each loaded object, in
   was requested by, or its SONAME) is reused;  3. glibc: DT_RPATH of the requester and up its loader
   chain, then of the executable (not when the requester has DT_RUNPATH); LD_LIBRARY_PATH; the requester's
   DT_RUNPATH; /etc/ld.so.cache (skipping system-dir entries under NODEFLIB); the system dirs (not under
-  NODEFLIB). musl: LD_LIBRARY_PATH; RUNPATH-or-RPATH up the chain; its path file or defaults.
+  NODEFLIB). musl (ldso/dynlink.c load_library): the C library's names (libc.*, libpthread.*, libm.*...)
+  are the loader itself; reuse by the loaded-by name only (no SONAME); LD_LIBRARY_PATH (literal, empty
+  elements skipped); RUNPATH-or-RPATH of the requester and up its chain ($ORIGIN only: any other '$'
+  voids the list); /etc/ld-musl-ARCH.path or the defaults.
 In every directory the glibc-hwcaps subdirs come first; a candidate of another ELF class or machine is
 passed over. Paths are reported as ld.so prints them: the search dir (as expanded) + '/' + name.
 """
@@ -42,6 +45,21 @@ _HOST_DRIVER = re.compile(
     r"\.so(\.[0-9]+)*"
 )
 _TOKEN = re.compile(r"\$(\{(ORIGIN|LIB|PLATFORM)\}|(ORIGIN|LIB|PLATFORM)(?![A-Za-z0-9_]))")
+_MUSL_ORIGIN = re.compile(r"\$(\{ORIGIN\}|ORIGIN)")
+# musl's load_library: these names are the C library itself, never searched ("lib" + one of these)
+_MUSL_RESERVED = ("c.", "pthread.", "rt.", "m.", "dl.", "util.", "xnet.")
+
+
+def _musl_family(name: str) -> str:
+    """'c.' for libc.so or libc.musl-x86_64.so.1, 'pthread.' for libpthread.so.0...; '' for other names."""
+    if not name.startswith("lib"):
+        return ""
+    return next((family for family in _MUSL_RESERVED if name[3:].startswith(family)), "")
+
+
+def is_musl_libc_name(name: str) -> bool:
+    """libc.so, libc.musl-x86_64.so.1, libpthread.so.0, libm.so.6...: musl answers them with itself."""
+    return _musl_family(name) != ""
 
 
 def is_host_driver_library(name: str) -> bool:
@@ -150,6 +168,18 @@ class Loader:
         """RPATH/RUNPATH/LD_LIBRARY_PATH elements expanded; an empty element is the working directory."""
         return [self._expand(e, owner) if e else self.ctx.working_dir for e in elements or []]
 
+    @staticmethod
+    def _musl_path_list(elements: list[str] | None, owner: Loaded | None) -> list[str]:
+        """musl's path_open over a list: empty elements are skipped, not the working directory. With an
+        owner (RPATH/RUNPATH, musl's fixup_rpath), $ORIGIN and ${ORIGIN} are the only substitutions: any
+        other '$' makes musl ignore the whole list. LD_LIBRARY_PATH (no owner) is taken literally."""
+        text = ":".join(elements or [])
+        if owner is not None and "$" in text:
+            if text.count("$") != len(_MUSL_ORIGIN.findall(text)):
+                return []
+            text = _MUSL_ORIGIN.sub(lambda _m: owner.origin, text)
+        return [d for d in re.split(r"[:\n]", text) if d]
+
     # ---- the search -------------------------------------------------------------------------------
     def _search(self, name: str, requester: Loaded) -> Edge:
         facts = requester.facts
@@ -176,7 +206,8 @@ class Loader:
             if facts.runpath is not None:
                 tries.append((RUNPATH, self._path_list(facts.runpath, requester), requester.path))
         else:
-            tries.append((LD_LIBRARY_PATH, self._path_list(self.ctx.ld_library_path, self.objects[0]), None))
+            if not self._secure():
+                tries.append((LD_LIBRARY_PATH, self._musl_path_list(self.ctx.ld_library_path, None), None))
             node = requester
             while node is not None:
                 own = node.facts.runpath if node.facts.runpath is not None else node.facts.rpath
@@ -184,7 +215,7 @@ class Loader:
                     tries.append(
                         (
                             RUNPATH if node.facts.runpath is not None else RPATH,
-                            self._path_list(own, node),
+                            self._musl_path_list(own, node),
                             node.path,
                         )
                     )
@@ -245,8 +276,12 @@ class Loader:
 
     # ---- the load ---------------------------------------------------------------------------------
     def _find_loaded(self, name: str) -> Loaded | None:
+        """glibc: an object loaded by that name, path or SONAME. musl: the C library names are the loader
+        itself; otherwise only the names objects were loaded by count (musl keeps no SONAME)."""
+        if self.ctx.musl and is_musl_libc_name(name):
+            name = self.ctx.interpreter
         for obj in self.objects:
-            if name in obj.names or name == obj.path or name == obj.facts.soname:
+            if name in obj.names or name == obj.path or (name == obj.facts.soname and not self.ctx.musl):
                 return obj
         return None
 
@@ -318,6 +353,7 @@ class Process:
             root_path if as_listed else "/" + realpath, "/" + realpath, root_entry, None, root_path
         )
         self._rtld = None
+        self._interpreter_listed: set[str] = set()
         interp_path, interp = fs.resolve(ctx.interpreter.lstrip("/"))
         if interp is not None and interp.elf is not None and "/" + interp_path != self.root.realpath:
             self._rtld = self.loader._add(ctx.interpreter, "/" + interp_path, interp, None, ctx.interpreter)
@@ -338,12 +374,16 @@ class Process:
                     queue.append(new)
                 elif edge.rule in (NOT_FOUND, HOST):
                     self.loads.append(edge)
-                elif (
-                    self._rtld is not None
-                    and edge.realpath == self._rtld.realpath
-                    and not any(e.rule == INTERPRETER for e in self.loads)
-                ):
-                    self.loads.append(replace(edge, rule=INTERPRETER))  # ldd lists ld.so where needed
+                elif self._rtld is not None and edge.realpath == self._rtld.realpath:
+                    self._list_interpreter(edge)
+
+    def _list_interpreter(self, edge: Edge) -> None:
+        """ldd lists the loader where it is first needed; musl's once per family of C library names
+        (libc.*, libpthread.*, libm.*, ...), each of which it answers with itself."""
+        family = _musl_family(edge.name) if self.loader.ctx.musl else ""
+        if family not in self._interpreter_listed:
+            self._interpreter_listed.add(family)
+            self.loads.append(replace(edge, rule=INTERPRETER))
 
     def dlopen(self, name: str, requester: Loaded, rule: str | None = None) -> Edge:
         """dlopen(name) called from requester: found (or reused) like a NEEDED, then its closure loaded.
