@@ -34,6 +34,7 @@ from imgscan.layers.scan import scan_image
 from imgscan.sources.refs import open_image
 from tests import imagebuild
 from tests.imagebuild import CACHE_DIR, run
+from tests.syftrun import run_syft
 
 SYFT_VERSION = "1.18."
 SYFT_TYPES = {"deb": "deb", "python": "python", "rpm": "rpm", "apk": "apk"}
@@ -89,11 +90,7 @@ def syft_artifacts(ref: str) -> list[dict]:
     version = subprocess.run([syft, "version"], capture_output=True, text=True, env=env, check=False).stdout
     if not re.search(rf"^Version:\s+{re.escape(SYFT_VERSION)}", version, re.MULTILINE):
         pytest.skip(f"needs syft {SYFT_VERSION}x, found: {version.strip().splitlines()[:2]}")
-    proc = subprocess.run(
-        [syft, "-q", ref, "-o", "json"], capture_output=True, env=env, check=False, timeout=600
-    )
-    assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-2000:]
-    return json.loads(proc.stdout)["artifacts"]
+    return json.loads(run_syft(ref, "json"))["artifacts"]
 
 
 @dataclass

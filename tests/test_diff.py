@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from imgscan.diff.versions import compare_deb, compare_versions
+from tests.syftrun import run_syft
 
 DEMO_OCI = Path(__file__).resolve().parent.parent / "fixtures" / "demo" / "oci"
 SITE = "usr/local/lib/python3.11/dist-packages"
@@ -184,18 +185,7 @@ def test_renderings(images: dict[str, str]) -> None:
 
 @pytest.mark.skipif(shutil.which("syft") is None, reason="needs syft")
 def test_syft_sbom_against_ours(images: dict[str, str], tmp_path: Path) -> None:
-    proc = subprocess.run(
-        ["syft", "-q", f"oci-dir:{DEMO_OCI}", "-o", "cyclonedx-json"],
-        capture_output=True,
-        text=True,
-        env={
-            "SYFT_CHECK_FOR_APP_UPDATE": "false",
-            "PATH": "/usr/bin:/bin:" + str(Path(shutil.which("syft")).parent),
-        },
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
-    (tmp_path / "syft.json").write_text(proc.stdout)
+    (tmp_path / "syft.json").write_text(run_syft(f"oci-dir:{DEMO_OCI}", "cyclonedx-json"))
     result = diff_json(tmp_path / "syft.json", images["demo"])
     assert result["a"]["kind"] == "sbom" and result["b"]["kind"] == "image"
     assert isinstance(result["packages"]["added"], list)

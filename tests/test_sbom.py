@@ -30,6 +30,7 @@ from imgscan.sources.image import Image
 from imgscan.sources.refs import open_image
 from tests.imagebuild import DOCKER_REPO_TAG, FINAL_TAG, ImageSet
 from tests.sbomcheck import assert_valid
+from tests.syftrun import run_syft
 
 DEMO = Path(__file__).resolve().parent.parent / "fixtures" / "demo"
 OCI, SIF = str(DEMO / "oci"), str(DEMO / "demo.sif")
@@ -458,14 +459,7 @@ def test_read_back_our_own(demo: dict[str, Path], name: str, listed: dict, cuda:
 
 @pytest.mark.skipif(shutil.which("syft") is None, reason="needs syft")
 def test_read_syft_cyclonedx(demo: dict[str, Path], tmp_path: Path) -> None:
-    proc = subprocess.run(
-        ["syft", "-q", f"oci-dir:{OCI}", "-o", "cyclonedx-json"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SYFT_CHECK_FOR_APP_UPDATE": "false"},
-        check=True,
-    )
-    (tmp_path / "syft.json").write_text(proc.stdout)
+    (tmp_path / "syft.json").write_text(run_syft(f"oci-dir:{OCI}", "cyclonedx-json"))
     theirs = read_cyclonedx_json(str(tmp_path / "syft.json"))
     ours = read_cyclonedx_json(str(demo["cdx16.json"]))
     assert theirs["tools"][0].startswith("syft ") and theirs["libraries"] == [] and theirs["findings"] == []

@@ -51,15 +51,11 @@ _MUSL_RESERVED = ("c.", "pthread.", "rt.", "m.", "dl.", "util.", "xnet.")
 
 
 def _musl_family(name: str) -> str:
-    """'c.' for libc.so or libc.musl-x86_64.so.1, 'pthread.' for libpthread.so.0...; '' for other names."""
+    """'c.' for libc.so or libc.musl-x86_64.so.1, 'pthread.' for libpthread.so.0...: names musl answers
+    with itself; '' for other names."""
     if not name.startswith("lib"):
         return ""
     return next((family for family in _MUSL_RESERVED if name[3:].startswith(family)), "")
-
-
-def is_musl_libc_name(name: str) -> bool:
-    """libc.so, libc.musl-x86_64.so.1, libpthread.so.0, libm.so.6...: musl answers them with itself."""
-    return _musl_family(name) != ""
 
 
 def is_host_driver_library(name: str) -> bool:
@@ -278,7 +274,7 @@ class Loader:
     def _find_loaded(self, name: str) -> Loaded | None:
         """glibc: an object loaded by that name, path or SONAME. musl: the C library names are the loader
         itself; otherwise only the names objects were loaded by count (musl keeps no SONAME)."""
-        if self.ctx.musl and is_musl_libc_name(name):
+        if self.ctx.musl and _musl_family(name):
             name = self.ctx.interpreter
         for obj in self.objects:
             if name in obj.names or name == obj.path or (name == obj.facts.soname and not self.ctx.musl):

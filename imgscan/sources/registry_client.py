@@ -55,6 +55,11 @@ def _error_codes(body: bytes) -> str:
     return ", ".join(parts)
 
 
+def _backoff(attempt: int) -> float:
+    """Seconds to wait after failed attempt 0, 1, 2...: 0.5, 1, 2, 4 (every retry loop here)."""
+    return 0.5 * 2**attempt
+
+
 def _content_length(resp: http.client.HTTPResponse) -> int | None:
     value = (resp.headers.get("Content-Length") or "").strip()
     return int(value) if value.isdigit() else None
@@ -88,7 +93,6 @@ class RegistryClient:
         """One request with retries on 429 (Retry-After), 5xx and dropped connections; HTTP errors raised
         as urllib.error.HTTPError for the caller, everything else as ImgscanError. auth goes to url's
         host only, never along a redirect."""
-        delay = 0.5
         for attempt in range(ATTEMPTS):
             req = urllib.request.Request(url, data=data, method=method, headers=headers)
             if auth:
@@ -100,13 +104,12 @@ class RegistryClient:
                 if e.code == 429 or e.code >= 500:
                     if last:
                         raise
-                    wait = delay
+                    wait = _backoff(attempt)
                     retry_after = e.headers.get("Retry-After", "")
                     if retry_after.strip().isdigit():
                         wait = min(float(retry_after), MAX_RETRY_AFTER)
                     e.close()
                     time.sleep(wait)
-                    delay *= 2
                     continue
                 raise
             except (urllib.error.URLError, OSError, http.client.HTTPException) as e:
@@ -120,8 +123,7 @@ class RegistryClient:
                     raise ImgscanError(
                         f"{self.where}: {what}: cannot connect to {_origin(url)} ({reason})"
                     ) from None
-                time.sleep(delay)
-                delay *= 2
+                time.sleep(_backoff(attempt))
         raise AssertionError("unreachable")
 
     def request(
@@ -211,7 +213,7 @@ class RegistryClient:
                 break
             if attempt == ATTEMPTS - 1:
                 raise ImgscanError(f"{self.where}: {what}: connection dropped {ATTEMPTS} times")
-            time.sleep(0.5 * 2**attempt)
+            time.sleep(_backoff(attempt))
         if len(data) > MAX_JSON_BYTES:
             raise ImgscanError(f"{self.where}: {what} is larger than {MAX_JSON_BYTES} bytes")
         if digest is not None:
@@ -304,7 +306,7 @@ class BlobStream(io.RawIOBase):
                 self._resp.close()
                 self._resp = None
             if attempt < ATTEMPTS - 1:
-                time.sleep(0.5 * 2**attempt)
+                time.sleep(_backoff(attempt))
         raise ImgscanError(
             f"{self._client.where}: {self._what}: transfer ended at {self._pos} of {self._size} bytes"
         )
